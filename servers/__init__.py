@@ -1,0 +1,1 @@
+"""Protocol adapters: aiohttp server (live stream, job API, try-it page)."""
