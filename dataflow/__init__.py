@@ -1,1 +1,19 @@
-"""diarflow dataflow engine: operators, graphs, drivers; knows nothing of audio models or HTTP."""
+"""diarflow's dataflow engine: operators, graphs, an executor and two drivers; no audio models, no HTTP."""
+
+from .executor import Checkpoint, CheckpointMismatch, Executor, StreamingSession, Timed, run_offline
+from .graph import Graph, GraphBuilder, GraphError
+from .operator import Operator, OperatorConfig
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointMismatch",
+    "Executor",
+    "Graph",
+    "GraphBuilder",
+    "GraphError",
+    "Operator",
+    "OperatorConfig",
+    "StreamingSession",
+    "Timed",
+    "run_offline",
+]

@@ -13,6 +13,7 @@ __all__ = [
     "DevItem",
     "Turn",
     "default_dev_dir",
+    "diarization_error_rate",
     "equal_error_rate",
     "load_dev_items",
     "read_rttm",
@@ -173,3 +174,32 @@ def speaker_cuts(
                     speakers.append(region.speaker)
                     counts[region.speaker] = counts.get(region.speaker, 0) + 1
     return cuts, speakers
+
+
+def diarization_error_rate(
+    reference: list[Turn], hypothesis: list[Turn], duration_s: float, collar_s: float = 0.25
+) -> dict[str, float]:
+    """DER with overlap scored, optimal mapping, over ``[0, duration_s]`` (needs ``pyannote.metrics``).
+
+    ``collar_s`` is the forgiveness on each side of reference boundaries (pyannote's ``collar`` is
+    the total width, so it receives ``2 * collar_s``). Returns the rate and its components in seconds.
+    """
+    from pyannote.core import Annotation, Segment, Timeline
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    def annotation(turns: list[Turn]) -> Annotation:
+        ann = Annotation()
+        for i, t in enumerate(turns):
+            ann[Segment(t.start_s, t.end_s), i] = t.speaker
+        return ann
+
+    metric = DiarizationErrorRate(collar=2 * collar_s, skip_overlap=False)
+    details = metric(annotation(reference), annotation(hypothesis), uem=Timeline([Segment(0, duration_s)]),
+                     detailed=True)
+    return {
+        "der": float(details["diarization error rate"]),
+        "missed_s": float(details["missed detection"]),
+        "false_alarm_s": float(details["false alarm"]),
+        "confusion_s": float(details["confusion"]),
+        "total_s": float(details["total"]),
+    }

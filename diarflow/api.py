@@ -1,0 +1,186 @@
+"""The Python API: ``diarflow.diarize(path_or_array, ...)`` and its serialisable result."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal
+
+import numpy as np
+
+from diarflow.audio import SAMPLE_RATE, decode_chunks
+from diarflow.dataflow import StreamingSession, run_offline
+from diarflow.operators.messages import PcmBytes, PcmSamples, Snapshot
+from diarflow.operators.models import Resources
+from diarflow.operators.pipeline import PipelineConfig, build_graph
+
+__all__ = ["DiarizationResult", "Segment", "diarize", "default_resources", "STREAM_CHUNK_SAMPLES"]
+
+STREAM_CHUNK_SAMPLES = 3200  # 200 ms: the live endpoint's recommended frame
+_OFFLINE_CHUNK_SAMPLES = 30 * SAMPLE_RATE
+_resources: Resources | None = None
+_resources_lock = threading.Lock()
+
+
+def default_resources() -> Resources:
+    """Models loaded once per process (installed on first use)."""
+    global _resources
+    with _resources_lock:
+        if _resources is None:
+            _resources = Resources.load()
+        return _resources
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One speaker turn at the edges of the engine: seconds and a ``SPEAKER_xx`` label."""
+
+    start_s: float
+    end_s: float
+    speaker: str
+
+
+@dataclass(frozen=True)
+class DiarizationResult:
+    """Final diarization of one input.
+
+    Attributes
+    ----------
+    uri
+        Name used in RTTM output (the file stem for files).
+    segments
+        Turns sorted by start; speakers ``SPEAKER_00, SPEAKER_01, ...`` by first appearance.
+    duration_s
+        Length of the decoded audio in seconds.
+    warnings
+        Human-readable notes (e.g. a requested speaker count that could not be honoured).
+    """
+
+    uri: str
+    segments: tuple[Segment, ...]
+    duration_s: float
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot, uri: str, duration_samples: int) -> DiarizationResult:
+        segments = tuple(
+            Segment(t.start_sample / SAMPLE_RATE, t.end_sample / SAMPLE_RATE, f"SPEAKER_{t.speaker:02d}")
+            for t in sorted(snapshot.turns, key=lambda t: (t.start_sample, t.end_sample))
+        )
+        return cls(uri, segments, duration_samples / SAMPLE_RATE, snapshot.warnings)
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted({s.speaker for s in self.segments})
+
+    def to_rttm(self) -> str:
+        """RTTM lines ``SPEAKER <uri> 1 <start> <duration> <NA> <NA> <speaker> <NA> <NA>``."""
+        return "".join(
+            f"SPEAKER {self.uri} 1 {s.start_s:.3f} {s.end_s - s.start_s:.3f} <NA> <NA> {s.speaker} <NA> <NA>\n"
+            for s in self.segments
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The job API's output object: ``{"diarization": [{"speaker", "start", "end"}], ...}``."""
+        out: dict[str, Any] = {"diarization": [
+            {"speaker": s.speaker, "start": round(s.start_s, 3), "end": round(s.end_s, 3)} for s in self.segments
+        ]}
+        if self.warnings:
+            out["warning"] = "; ".join(self.warnings)
+        return out
+
+    def to_arrow(self) -> Any:
+        """A ``pyarrow.Table`` with columns ``uri, start_s, end_s, speaker``."""
+        import pyarrow as pa
+
+        return pa.table({
+            "uri": pa.array([self.uri] * len(self.segments), pa.string()),
+            "start_s": pa.array([s.start_s for s in self.segments], pa.float64()),
+            "end_s": pa.array([s.end_s for s in self.segments], pa.float64()),
+            "speaker": pa.array([s.speaker for s in self.segments], pa.string()),
+        })
+
+
+def _chunks_of(source: str | Path | np.ndarray, chunk_samples: int) -> Iterator[np.ndarray]:
+    if isinstance(source, np.ndarray):
+        if source.ndim != 1:
+            raise ValueError(f"expected mono 16 kHz samples of shape (n,), got {source.shape}")
+        for lo in range(0, len(source), chunk_samples):
+            yield source[lo:lo + chunk_samples]
+    else:
+        yield from decode_chunks(source, chunk_samples)
+
+
+def _to_s16le(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
+
+
+def diarize(
+    source: str | Path | np.ndarray,
+    num_speakers: int | None = None,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
+    *,
+    mode: Literal["offline", "stream"] = "offline",
+    config: PipelineConfig | None = None,
+    resources: Resources | None = None,
+    uri: str | None = None,
+    on_progress: Callable[[float], None] | None = None,
+) -> DiarizationResult:
+    """Diarize a file (any audio/video format) or a float32 16 kHz mono array.
+
+    Parameters
+    ----------
+    source
+        A path, or samples ``(n,)`` in [-1, 1] at 16 kHz.
+    num_speakers
+        Exact number of speakers, if known (excludes ``min_speakers`` / ``max_speakers``).
+    min_speakers, max_speakers
+        Bounds on the estimated number of speakers.
+    mode
+        ``"offline"``: large chunks and a global re-clustering at the end (best accuracy).
+        ``"stream"``: the live endpoint's path, 200 ms s16le chunks, no re-clustering.
+    config
+        Operator configs to use instead of the defaults (see :class:`PipelineConfig`).
+    resources
+        Loaded models; default: loaded once per process.
+    uri
+        Name for RTTM output; default the file stem, or ``"audio"`` for arrays.
+    on_progress
+        Called with the seconds of audio processed so far.
+
+    Examples
+    --------
+    >>> result = diarize("meeting.wav", max_speakers=4)  # doctest: +SKIP
+    >>> print(result.to_rttm())  # doctest: +SKIP
+    """
+    if mode not in ("offline", "stream"):
+        raise ValueError(f"mode must be 'offline' or 'stream', got {mode!r}")
+    config = config or PipelineConfig()
+    clustering = replace(config.clustering, num_speakers=num_speakers, min_speakers=min_speakers,
+                         max_speakers=max_speakers, refine=(mode == "offline"))
+    graph = build_graph(replace(config, clustering=clustering))
+    resources = resources or default_resources()
+    uri = uri or (Path(source).stem if not isinstance(source, np.ndarray) else "audio")
+    total = 0
+    snapshots: list[Snapshot] = []
+
+    def counted(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        nonlocal total
+        for chunk in chunks:
+            total += len(chunk)
+            yield chunk
+            if on_progress is not None:
+                on_progress(total / SAMPLE_RATE)
+
+    if mode == "offline":
+        items = (PcmSamples(c) for c in counted(_chunks_of(source, _OFFLINE_CHUNK_SAMPLES)))
+        snapshots = [m for m in run_offline(graph, resources, items) if isinstance(m, Snapshot)]
+    else:
+        session = StreamingSession(graph, resources)
+        for chunk in counted(_chunks_of(source, STREAM_CHUNK_SAMPLES)):
+            snapshots.extend(m for m in session.push(PcmBytes(_to_s16le(chunk))) if isinstance(m, Snapshot))
+        snapshots.extend(m for m in session.close() if isinstance(m, Snapshot))
+    final = snapshots[-1]
+    return DiarizationResult.from_snapshot(final, uri, total)

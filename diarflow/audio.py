@@ -1,0 +1,77 @@
+"""Decode any audio or video file to 16 kHz mono float32, chunk by chunk (never the whole file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+__all__ = ["AudioDecodeError", "decode_chunks", "probe_duration_s"]
+
+SAMPLE_RATE = 16000
+
+
+class AudioDecodeError(ValueError):
+    """The input could not be read as audio; the message names the file."""
+
+
+def decode_chunks(path: str | Path, chunk_samples: int = 30 * SAMPLE_RATE) -> Iterator[np.ndarray]:
+    """Yield float32 ``(n,)`` chunks of at most ``chunk_samples`` at 16 kHz mono, in order.
+
+    Any container and codec FFmpeg (through PyAV) reads: WAV, FLAC, MP3, OGG/Opus, M4A/AAC, and the
+    first audio track of video files. Channels are averaged; resampling is done by FFmpeg's resampler.
+
+    Raises
+    ------
+    AudioDecodeError
+        The file is missing, not a media file, or has no audio track.
+    """
+    import av
+
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+        raise AudioDecodeError(f"could not read {path} as audio: {exc}") from None
+    with container:
+        if not container.streams.audio:
+            raise AudioDecodeError(f"{path} has no audio track")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        pending: list[np.ndarray] = []
+        pending_len = 0
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    pending.append(out.to_ndarray().reshape(-1))
+                    pending_len += pending[-1].shape[0]
+                while pending_len >= chunk_samples:
+                    merged = np.concatenate(pending)
+                    yield merged[:chunk_samples]
+                    pending, pending_len = [merged[chunk_samples:]], pending_len - chunk_samples
+            for out in resampler.resample(None):
+                pending.append(out.to_ndarray().reshape(-1))
+                pending_len += pending[-1].shape[0]
+        except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+            raise AudioDecodeError(f"could not decode {path}: {exc}") from None
+        if pending_len:
+            merged = np.concatenate(pending)
+            for lo in range(0, len(merged), chunk_samples):
+                yield merged[lo:lo + chunk_samples]
+
+
+def probe_duration_s(path: str | Path) -> float | None:
+    """The container's declared duration in seconds, if it declares one."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if container.duration is not None:
+                return float(container.duration) / 1_000_000
+            stream = container.streams.audio[0] if container.streams.audio else None
+            if stream is not None and stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+    except (av.error.FFmpegError, OSError):  # type: ignore[attr-defined]
+        return None
+    return None

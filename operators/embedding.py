@@ -1,0 +1,201 @@
+"""``EmbeddingExtractor``: CAM++ embeddings of sliding windows inside each utterance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from .fbank import Fbank
+from .messages import PcmFrame, SpeakerEmbedding, SpeechRegion, SpeechStart, UtteranceEmbeddings
+from .models import SpeakerEmbedder
+from .vad import VadProbabilities
+
+__all__ = ["EmbeddingExtractor", "EmbeddingExtractorConfig", "EmbeddingExtractorState", "window_spans"]
+
+_MIN_WINDOW_SAMPLES = 720  # 3 fbank frames: the least CAM++ can pool
+
+
+def window_spans(start: int, end: int, window: int, step: int, min_window: int) -> list[tuple[int, int]]:
+    """Windows covering ``[start, end)``: full windows every ``step``, plus one ending at ``end``.
+
+    An utterance shorter than ``window`` gets one window: itself, widened symmetrically to
+    ``min_window`` if needed (the caller clips it to the audio it has).
+    """
+    length = end - start
+    if length <= window:
+        if length >= min_window:
+            return [(start, end)]
+        grow = min_window - length
+        return [(start - grow // 2, end + grow - grow // 2)]
+    spans = [(s, s + window) for s in range(start, end - window + 1, step)]
+    if spans[-1][1] < end:
+        spans.append((end - window, end))
+    return spans
+
+
+@dataclass(frozen=True)
+class EmbeddingExtractorConfig:
+    """Sliding-window speaker embeddings, so speaker changes inside one utterance are found.
+
+    Parameters
+    ----------
+    window_samples
+        Window length (1.5 s). Longer windows give cleaner embeddings, shorter ones finer changes.
+    step_samples
+        Hop between windows (0.75 s), ``<= window_samples``.
+    min_window_samples
+        Utterances shorter than this are embedded from a window widened to this length (0.5 s).
+    history_samples
+        Audio kept before the open utterance (2 s): the VAD opens utterances after the fact.
+    """
+
+    window_samples: int = 24_000
+    step_samples: int = 12_000
+    min_window_samples: int = 8_000
+    history_samples: int = 32_000
+
+    input_types: ClassVar[tuple[type, ...]] = (PcmFrame, SpeechStart, SpeechRegion, VadProbabilities)
+    output_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings,)
+
+    def __post_init__(self) -> None:
+        if self.window_samples < _MIN_WINDOW_SAMPLES:
+            raise ValueError(f"window_samples must be >= {_MIN_WINDOW_SAMPLES}, got {self.window_samples}")
+        if not 0 < self.step_samples <= self.window_samples:
+            raise ValueError(f"step_samples must lie in (0, window_samples], got {self.step_samples}")
+        if not _MIN_WINDOW_SAMPLES <= self.min_window_samples <= self.window_samples:
+            raise ValueError(f"min_window_samples must lie in [{_MIN_WINDOW_SAMPLES}, window_samples], "
+                             f"got {self.min_window_samples}")
+        if self.history_samples < self.min_window_samples:
+            raise ValueError("history_samples must be >= min_window_samples, "
+                             f"got {self.history_samples} < {self.min_window_samples}")
+
+    def build(self, state: EmbeddingExtractorState | None, resources: Any) -> EmbeddingExtractor:
+        return EmbeddingExtractor(self, resources.embedder, state)
+
+
+@dataclass(frozen=True)
+class EmbeddingExtractorState:
+    audio: np.ndarray  # retained samples, (n,)
+    audio_start: int  # sample index of audio[0]
+    open_start: int  # -1 when no utterance is open
+    cached_spans: np.ndarray  # windows of the open utterance already embedded, (k, 2) [start, end)
+    cached_vectors: np.ndarray  # their embeddings, (k, 192)
+    closed: tuple[SpeechRegion, ...]  # utterances closed but not yet emitted (flushed on watermark)
+
+
+class EmbeddingExtractor:
+    """Embeds full windows of the open utterance as audio arrives (so little is left when it closes)
+    and the rest when it closes; all windows pending at a watermark go to the model together."""
+
+    def __init__(self, config: EmbeddingExtractorConfig, embedder: SpeakerEmbedder,
+                 state: EmbeddingExtractorState | None) -> None:
+        self.config = config
+        self._embedder = embedder
+        self._fbank = Fbank()
+        if state is None:
+            state = EmbeddingExtractorState(np.zeros(0, np.float32), 0, -1, np.zeros((0, 2), np.int64),
+                                            np.zeros((0, 192), np.float32), ())
+        self._audio = [state.audio] if len(state.audio) else []
+        self._audio_start = state.audio_start
+        self._audio_len = len(state.audio)
+        self._open_start = state.open_start
+        self._cache: dict[tuple[int, int], np.ndarray] = {
+            (int(a), int(b)): v for (a, b), v in zip(state.cached_spans, state.cached_vectors)}
+        self._closed: list[SpeechRegion] = list(state.closed)
+
+    # ---- audio buffer -------------------------------------------------------------------------
+    @property
+    def _audio_end(self) -> int:
+        return self._audio_start + self._audio_len
+
+    def _samples(self, start: int, end: int) -> np.ndarray:
+        if len(self._audio) > 1:
+            self._audio = [np.concatenate(self._audio)]
+        lo, hi = max(start, self._audio_start), min(end, self._audio_end)
+        if lo >= hi:
+            return np.zeros(0, np.float32)
+        return self._audio[0][lo - self._audio_start: hi - self._audio_start]
+
+    def _trim(self) -> None:
+        """Keep ``history_samples`` of audio, and everything an open utterance may still need."""
+        keep_from = self._audio_end - self.config.history_samples
+        if self._open_start >= 0:
+            keep_from = min(keep_from, self._open_start - self.config.min_window_samples)
+        drop = min(keep_from - self._audio_start, self._audio_len)
+        if drop > 0:
+            merged = self._samples(self._audio_start, self._audio_end)
+            self._audio = [merged[drop:].copy()] if drop < len(merged) else []
+            self._audio_start += drop
+            self._audio_len -= drop
+
+    # ---- events -------------------------------------------------------------------------------
+    def on_item(self, item: Any) -> Sequence[UtteranceEmbeddings]:
+        if isinstance(item, PcmFrame):
+            if self._audio_len and item.start_sample != self._audio_end:
+                raise ValueError(f"audio gap: expected sample {self._audio_end}, got {item.start_sample}")
+            if not self._audio_len:
+                self._audio_start = item.start_sample
+            self._audio.append(item.samples)
+            self._audio_len += len(item.samples)
+        elif isinstance(item, SpeechStart):
+            self._open_start = item.start_sample
+        elif isinstance(item, SpeechRegion):
+            self._closed.append(item)
+            if item.start_sample == self._open_start:
+                self._open_start = -1
+        return []
+
+    def _embed(self, spans: list[tuple[int, int]]) -> list[np.ndarray]:
+        """L2-normalised embeddings of windows, batching equal lengths (padding would change them)."""
+        feats = [self._fbank.compute_normalised(self._samples(a, b)) for a, b in spans]
+        vectors = [np.zeros(192, np.float32) for _ in spans]  # stays zero only for < 3 frames of audio
+        by_frames: dict[int, list[int]] = {}
+        for i, f in enumerate(feats):
+            if len(f) >= 3:
+                by_frames.setdefault(len(f), []).append(i)
+        for indices in by_frames.values():
+            out = self._embedder.embed(np.stack([feats[i] for i in indices]))  # (batch, 192)
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            for i, v in zip(indices, out):
+                vectors[i] = v
+        return vectors
+
+    def _flush(self) -> list[UtteranceEmbeddings]:
+        cfg = self.config
+        plans = []
+        for region in self._closed:
+            spans = window_spans(region.start_sample, region.end_sample, cfg.window_samples,
+                                 cfg.step_samples, cfg.min_window_samples)
+            plans.append((region, [(max(a, self._audio_start), min(b, self._audio_end)) for a, b in spans]))
+        wanted = [span for _, spans in plans for span in spans]
+        if self._open_start >= 0:  # incremental work: full windows of the utterance still open
+            last = self._audio_end - cfg.window_samples
+            wanted.extend((a, a + cfg.window_samples) for a in range(self._open_start, last + 1, cfg.step_samples))
+        jobs = [span for span in dict.fromkeys(wanted) if span not in self._cache]
+        self._cache.update(zip(jobs, self._embed(jobs)))
+        out = [UtteranceEmbeddings(region, tuple(SpeakerEmbedding(a, b, self._cache[(a, b)]) for a, b in spans))
+               for region, spans in plans]
+        self._closed = []
+        self._cache = {span: v for span, v in self._cache.items()
+                       if self._open_start >= 0 and span[0] >= self._open_start}
+        self._trim()
+        return out
+
+    def on_watermark(self, sample: int) -> Sequence[UtteranceEmbeddings]:
+        return self._flush()
+
+    def on_eof(self) -> Sequence[UtteranceEmbeddings]:
+        return self._flush()
+
+    def checkpoint(self) -> EmbeddingExtractorState:
+        spans = sorted(self._cache)
+        return EmbeddingExtractorState(
+            audio=self._samples(self._audio_start, self._audio_end).copy(),
+            audio_start=self._audio_start,
+            open_start=self._open_start,
+            cached_spans=np.array(spans, dtype=np.int64).reshape(-1, 2),
+            cached_vectors=np.stack([self._cache[s] for s in spans]) if spans else np.zeros((0, 192), np.float32),
+            closed=tuple(self._closed),
+        )

@@ -1,0 +1,130 @@
+"""Offline re-clustering of all window embeddings in bounded memory (no N x N matrix for large N)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+
+__all__ = ["cluster_embeddings", "count_constrained_cut"]
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _kmeans(vectors: np.ndarray, k: int, iterations: int, seed: int = 0) -> np.ndarray:
+    """Spherical k-means with deterministic k-means++ seeding on a subsample; returns labels (n,)."""
+    rng = np.random.default_rng(seed)
+    n = len(vectors)
+    sample = vectors[rng.choice(n, size=min(n, 20 * k), replace=False)]
+    centres = [sample[0]]
+    best = 1.0 - sample @ sample[0]
+    for _ in range(1, k):
+        probs = np.maximum(best, 0) ** 2
+        idx = int(rng.choice(len(sample), p=probs / probs.sum())) if probs.sum() > 0 else int(rng.integers(len(sample)))
+        centres.append(sample[idx])
+        best = np.minimum(best, 1.0 - sample @ sample[idx])
+    centroids = np.stack(centres)  # (k, dim)
+    labels = np.zeros(n, dtype=np.int64)
+    for _ in range(iterations):
+        for lo in range(0, n, 8192):  # bounded working set: (8192, k) at a time
+            labels[lo:lo + 8192] = np.argmax(vectors[lo:lo + 8192] @ centroids.T, axis=1)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, labels, vectors)
+        empty = np.linalg.norm(sums, axis=1) == 0
+        sums[empty] = centroids[empty]
+        centroids = _normalise(sums)
+    return labels
+
+
+def count_constrained_cut(tree: np.ndarray, threshold: float, min_count: int, max_count: int) -> np.ndarray:
+    """Flat clusters from a linkage tree: cut at ``threshold`` unless that gives a count outside
+    ``[min_count, max_count]``, in which case cut at the nearest allowed count. Labels from 0."""
+    labels = fcluster(tree, t=threshold, criterion="distance")
+    count = int(labels.max())
+    if count < min_count or count > max_count:
+        labels = fcluster(tree, t=min(max(count, min_count), max_count), criterion="maxclust")
+    return labels - 1
+
+
+def cluster_embeddings(
+    vectors: np.ndarray,
+    threshold: float,
+    min_speakers: int = 1,
+    max_speakers: int | None = None,
+    max_direct: int = 2500,
+    num_micro_clusters: int = 600,
+    min_cluster_size: int = 3,
+) -> np.ndarray:
+    """Cluster L2-normalised embeddings into speakers; the count is estimated unless fixed.
+
+    Average-linkage agglomerative clustering on cosine distance, cut at ``threshold``. Up to
+    ``max_direct`` windows it runs on the windows themselves; beyond that, spherical k-means first
+    compresses them into ``num_micro_clusters`` micro-clusters (memory O(n x k), never O(n^2)) and the
+    agglomeration runs on their centroids. Clusters smaller than ``min_cluster_size`` windows are then
+    dissolved into their nearest large cluster, and every window is finally assigned to the nearest
+    speaker centroid (two refinement passes).
+
+    Parameters
+    ----------
+    vectors
+        float32 ``(n, dim)``, L2-normalised.
+    threshold
+        Cosine distance in (0, 2) at which agglomeration stops when the count is free.
+    min_speakers, max_speakers
+        Bounds on the number of speakers (``min == max`` fixes it).
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 ``(n,)`` speaker labels 0..k-1.
+    """
+    n = len(vectors)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    max_speakers = n if max_speakers is None else max_speakers
+    if n == 1:
+        return np.zeros(1, np.int64)
+    if n <= max_direct:
+        members = np.arange(n)
+        points = vectors
+    else:
+        members = _kmeans(vectors, min(num_micro_clusters, n), iterations=8)
+        sums = np.zeros((members.max() + 1, vectors.shape[1]), vectors.dtype)
+        np.add.at(sums, members, vectors)
+        used = np.flatnonzero(np.linalg.norm(sums, axis=1) > 0)
+        remap = np.full(len(sums), -1)
+        remap[used] = np.arange(len(used))
+        members = remap[members]
+        points = _normalise(sums[used])
+    if len(points) == 1:
+        point_labels = np.zeros(1, np.int64)
+    else:
+        tree = linkage(points.astype(np.float64), method="average", metric="cosine")
+        point_labels = count_constrained_cut(tree, threshold, min_speakers, min(max_speakers, len(points)))
+    labels = point_labels[members]
+    return _refine(vectors, labels, min_cluster_size, min_speakers)
+
+
+def _refine(vectors: np.ndarray, labels: np.ndarray, min_cluster_size: int, min_speakers: int) -> np.ndarray:
+    """Dissolve tiny clusters (keeping at least ``min_speakers``), then reassign to nearest centroid."""
+    for _ in range(2):
+        counts = np.bincount(labels)
+        order = np.argsort(-counts)
+        keep = [c for c in order if counts[c] >= min_cluster_size]
+        for c in order:  # honour min_speakers even with small clusters
+            if len(keep) >= min_speakers:
+                break
+            if c not in keep and counts[c] > 0:
+                keep.append(c)
+        if not keep:
+            keep = [int(order[0])]
+        sums = np.zeros((labels.max() + 1, vectors.shape[1]), vectors.dtype)
+        np.add.at(sums, labels, vectors)
+        centroids = _normalise(sums[keep])  # (k, dim)
+        new = np.empty_like(labels)
+        for lo in range(0, len(vectors), 8192):
+            new[lo:lo + 8192] = np.argmax(vectors[lo:lo + 8192] @ centroids.T, axis=1)
+        labels = new
+    _, labels = np.unique(labels, return_inverse=True)
+    return labels.astype(np.int64)

@@ -1,0 +1,121 @@
+"""Typed messages between diarization operators. Times are integer sample indices, spans half-open."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = [
+    "PcmBytes",
+    "PcmSamples",
+    "PcmFrame",
+    "SpeechStart",
+    "SpeechRegion",
+    "SpeakerEmbedding",
+    "UtteranceEmbeddings",
+    "SpeakerTurn",
+    "Snapshot",
+]
+
+
+@dataclass(frozen=True)
+class PcmBytes:
+    """Raw little-endian signed 16-bit mono PCM as received from a client (any even length)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, eq=False)
+class PcmSamples:
+    """Decoded float32 mono samples in [-1, 1] (from a file decoder), ``(num_samples,)``."""
+
+    samples: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class PcmFrame:
+    """A contiguous run of float32 samples ``(num_samples,)`` starting at ``start_sample``."""
+
+    start_sample: int
+    samples: np.ndarray
+
+    @property
+    def end_sample(self) -> int:
+        return self.start_sample + int(self.samples.shape[0])
+
+
+@dataclass(frozen=True)
+class SpeechStart:
+    """The VAD opened an utterance at ``start_sample`` (padding included); it is still open."""
+
+    start_sample: int
+
+
+@dataclass(frozen=True)
+class SpeechRegion:
+    """A closed utterance ``[start_sample, end_sample)`` with its mean VAD speech probability."""
+
+    start_sample: int
+    end_sample: int
+    mean_probability: float = 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class SpeakerEmbedding:
+    """One window's CAM++ embedding ``(192,)``, L2-normalised."""
+
+    start_sample: int
+    end_sample: int
+    vector: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class UtteranceEmbeddings:
+    """All windows of one closed utterance, in time order."""
+
+    region: SpeechRegion
+    windows: tuple[SpeakerEmbedding, ...]
+
+
+@dataclass(frozen=True)
+class SpeakerTurn:
+    """``[start_sample, end_sample)`` spoken by ``speaker`` (an internal, stable cluster id)."""
+
+    start_sample: int
+    end_sample: int
+    speaker: int
+    confidence: float = 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """The full diarization so far: turns sorted by start, speakers numbered 0, 1, ... by first appearance.
+
+    ``utterances`` counts closed utterances; ``end_sample`` is the end of the latest one; ``final``
+    marks the snapshot emitted at end of input. Turns are materialised on access (``turns``) from
+    shared, append-only storage, so emitting a snapshot after each utterance stays cheap however long
+    the session is.
+    """
+
+    frozen: Sequence[SpeakerTurn]
+    frozen_count: int
+    live: tuple[SpeakerTurn, ...]
+    speaker_numbers: Mapping[int, int]
+    utterances: int
+    end_sample: int
+    final: bool = False
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def turns(self) -> tuple[SpeakerTurn, ...]:
+        number = self.speaker_numbers
+        return tuple(
+            SpeakerTurn(t.start_sample, t.end_sample, number[t.speaker], t.confidence)
+            for t in (*self.frozen[: self.frozen_count], *self.live)
+        )
+
+    @property
+    def num_speakers(self) -> int:
+        return len(set(self.speaker_numbers.values()))

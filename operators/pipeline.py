@@ -1,0 +1,46 @@
+"""The standard diarization graph: framing -> VAD -> embeddings -> clustering -> snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diarflow.dataflow import Graph, GraphBuilder
+
+from .clustering import OnlineClustererConfig
+from .embedding import EmbeddingExtractorConfig
+from .framing import PcmFramerConfig
+from .snapshots import SnapshotEmitterConfig
+from .vad import SileroVadConfig
+
+__all__ = ["PipelineConfig", "build_graph"]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Configs of the five standard operators; replace any of them to retune the pipeline.
+
+    Examples
+    --------
+    >>> from dataclasses import replace
+    >>> cfg = PipelineConfig()
+    >>> tuned = replace(cfg, clustering=replace(cfg.clustering, refine_threshold=0.6))
+    >>> graph = build_graph(tuned)
+    """
+
+    framing: PcmFramerConfig = field(default_factory=PcmFramerConfig)
+    vad: SileroVadConfig = field(default_factory=SileroVadConfig)
+    embedding: EmbeddingExtractorConfig = field(default_factory=EmbeddingExtractorConfig)
+    clustering: OnlineClustererConfig = field(default_factory=OnlineClustererConfig)
+    snapshots: SnapshotEmitterConfig = field(default_factory=SnapshotEmitterConfig)
+
+
+def build_graph(config: PipelineConfig | None = None) -> Graph:
+    """The linear diarization graph; node names are ``framer, vad, embedder, clusterer, snapshots``."""
+    config = config or PipelineConfig()
+    return GraphBuilder().chain(
+        ("framer", config.framing),
+        ("vad", config.vad),
+        ("embedder", config.embedding),
+        ("clusterer", config.clustering),
+        ("snapshots", config.snapshots),
+    ).freeze()
