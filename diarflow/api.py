@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +20,7 @@ __all__ = ["DiarizationResult", "Segment", "diarize", "default_resources", "STRE
 
 STREAM_CHUNK_SAMPLES = 3200  # 200 ms: the live endpoint's recommended frame
 _OFFLINE_CHUNK_SAMPLES = 30 * SAMPLE_RATE
-_resources: Resources | None = None
+_resources: Resources | None = None  # loaded on first use, shared by every call in this process
 _resources_lock = threading.Lock()
 
 
@@ -28,7 +29,7 @@ def default_resources() -> Resources:
     global _resources
     with _resources_lock:
         if _resources is None:
-            _resources = Resources.load()
+            _resources = Resources.load(parallel_calls=os.cpu_count() or 1)
         return _resources
 
 

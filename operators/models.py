@@ -7,9 +7,10 @@ any number of sessions without them seeing each other.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -60,19 +61,26 @@ class VadModel(Protocol):
 
     def speech_probabilities(self, windows: np.ndarray, state: VadState) -> tuple[np.ndarray, VadState]: ...
 
+    def speech_probabilities_many(
+        self, streams: Sequence[tuple[np.ndarray, VadState]]
+    ) -> list[tuple[np.ndarray, VadState]]: ...
+
 
 class SpeakerEmbedder(Protocol):
     """What embedding operators need from a model (fakes implement this in unit tests)."""
 
     def embed(self, fbank: np.ndarray) -> np.ndarray: ...
 
+    def embed_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
 
 class SileroVadModel:
     """Silero VAD v6 (ONNX) at 16 kHz, one 512-sample window per call, state carried by the caller."""
 
-    def __init__(self, path: Path | str, intra_op_threads: int = 1) -> None:
+    def __init__(self, path: Path | str, intra_op_threads: int = 1, pool: ThreadPoolExecutor | None = None) -> None:
         self._session = make_session(path, intra_op_threads)
         self._sample_rate = np.array(SAMPLE_RATE, dtype=np.int64)
+        self._pool = pool
 
     def speech_probabilities(self, windows: np.ndarray, state: VadState) -> tuple[np.ndarray, VadState]:
         """Speech probability of consecutive windows of one stream.
@@ -103,6 +111,58 @@ class SileroVadModel:
             context = window[-_VAD_CONTEXT_SAMPLES:]
         return probabilities, VadState(lstm, context.copy())
 
+    def speech_probabilities_many(
+        self, streams: Sequence[tuple[np.ndarray, VadState]]
+    ) -> list[tuple[np.ndarray, VadState]]:
+        """:meth:`speech_probabilities` of independent streams, batched (one model call per step).
+
+        Parameters
+        ----------
+        streams
+            ``(windows (n_i, 512), state)`` per stream; lengths may differ.
+
+        Returns
+        -------
+        list
+            ``(probabilities (n_i,), state after the stream's last window)`` per stream, in order.
+        """
+        if len(streams) <= 1 or self._pool is None:
+            return self._batched(streams)
+        halves = [list(streams[: len(streams) // 2]), list(streams[len(streams) // 2:])]
+        first, second = self._pool.map(self._batched, halves)
+        return first + second
+
+    def _batched(self, streams: Sequence[tuple[np.ndarray, VadState]]) -> list[tuple[np.ndarray, VadState]]:
+        if not streams:
+            return []
+        count = len(streams)
+        lengths = [len(w) for w, _ in streams]
+        steps = max(lengths)
+        lstm = np.concatenate([st.lstm for _, st in streams], axis=1)  # (2, count, 128)
+        buffer = np.zeros((count, _VAD_CONTEXT_SAMPLES + VAD_WINDOW_SAMPLES), np.float32)
+        buffer[:, :_VAD_CONTEXT_SAMPLES] = np.stack([st.context for _, st in streams])
+        padded = np.zeros((count, steps, VAD_WINDOW_SAMPLES), np.float32)  # (streams, steps, 512)
+        for i, (windows, _) in enumerate(streams):
+            padded[i, : len(windows)] = windows
+        probabilities = np.empty((count, steps), np.float32)
+        final_lstm = np.empty_like(lstm)
+        for t in range(steps):
+            buffer[:, _VAD_CONTEXT_SAMPLES:] = padded[:, t]
+            out, lstm = self._session.run(None, {"input": buffer, "state": lstm, "sr": self._sample_rate})
+            probabilities[:, t] = out[:, 0]
+            buffer[:, :_VAD_CONTEXT_SAMPLES] = padded[:, t, -_VAD_CONTEXT_SAMPLES:]
+            for i in np.flatnonzero(np.asarray(lengths) == t + 1):
+                final_lstm[:, i] = lstm[:, i]
+        results = []
+        for i, (windows, state) in enumerate(streams):
+            if len(windows) == 0:
+                results.append((np.zeros(0, np.float32), state))
+                continue
+            context = windows[-1, -_VAD_CONTEXT_SAMPLES:].copy()
+            results.append((probabilities[i, : len(windows)].copy(),
+                            VadState(final_lstm[:, i:i + 1].copy(), context)))
+        return results
+
 
 class SpeakerEmbeddingModel:
     """CAM++ speaker embeddings from mean-normalised Kaldi fbank features.
@@ -111,8 +171,9 @@ class SpeakerEmbeddingModel:
     (its pooling and context masks see the padding), so callers batch equal-length windows only.
     """
 
-    def __init__(self, path: Path | str, intra_op_threads: int = 1) -> None:
+    def __init__(self, path: Path | str, intra_op_threads: int = 1, pool: ThreadPoolExecutor | None = None) -> None:
         self._session = make_session(path, intra_op_threads)
+        self._pool = pool
 
     def embed(self, fbank: np.ndarray) -> np.ndarray:
         """Embed a batch of equal-length feature windows.
@@ -136,6 +197,13 @@ class SpeakerEmbeddingModel:
         (embeddings,) = self._session.run(None, {"fbank": fbank})
         return embeddings
 
+    def embed_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """:meth:`embed` of several batches (lengths may differ between batches), in parallel when
+        the model was given a thread pool. Returns one ``(batch_i, 192)`` array per batch."""
+        if self._pool is None or len(batches) <= 1:
+            return [self.embed(b) for b in batches]
+        return list(self._pool.map(self.embed, batches))
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -145,12 +213,22 @@ class Resources:
     embedder: SpeakerEmbedder
 
     @classmethod
-    def load(cls, model_dir: Path | None = None, intra_op_threads: int = 1) -> Resources:
-        """Verify (installing on first use) and load the models from the cache."""
+    def load(cls, model_dir: Path | None = None, parallel_calls: int = 1) -> Resources:
+        """Verify (installing on first use) and load the models from the cache.
+
+        Parameters
+        ----------
+        model_dir
+            Model cache; default ``$DIARFLOW_MODEL_DIR`` or ``~/.cache/diarflow/models``.
+        parallel_calls
+            Model calls one batch may spread over (threads; onnxruntime releases the GIL). Use the
+            core count for a single offline run; 1 where many sessions already share the cores.
+        """
         from diarflow.models import ensure_models
 
         paths = ensure_models(model_dir)
+        pool = ThreadPoolExecutor(parallel_calls, thread_name_prefix="diarflow-model") if parallel_calls > 1 else None
         return cls(
-            vad=SileroVadModel(paths.silero_vad, intra_op_threads),
-            embedder=SpeakerEmbeddingModel(paths.campplus, intra_op_threads),
+            vad=SileroVadModel(paths.silero_vad, pool=pool),
+            embedder=SpeakerEmbeddingModel(paths.campplus, pool=pool),
         )
