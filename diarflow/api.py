@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 
 import numpy as np
 
@@ -35,11 +35,15 @@ def default_resources() -> Resources:
 
 @dataclass(frozen=True)
 class Segment:
-    """One speaker turn at the edges of the engine: seconds and a ``SPEAKER_xx`` label."""
+    """One speaker turn at the edges of the engine: seconds and a ``SPEAKER_xx`` label.
+
+    ``confidence`` maps speakers to a 0-100 score for this turn (offline mode; empty otherwise).
+    """
 
     start_s: float
     end_s: float
     speaker: str
+    confidence: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,20 +60,42 @@ class DiarizationResult:
         Length of the decoded audio in seconds.
     warnings
         Human-readable notes (e.g. a requested speaker count that could not be honoured).
+    frame_confidence
+        uint8 ``(frames,)`` 0-100 confidence per 20 ms from the start (offline mode), else ``None``.
     """
 
     uri: str
     segments: tuple[Segment, ...]
     duration_s: float
     warnings: tuple[str, ...] = ()
+    frame_confidence: np.ndarray | None = None
+
+    CONFIDENCE_RESOLUTION_S: ClassVar[float] = 0.02
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot, uri: str, duration_samples: int) -> DiarizationResult:
         segments = tuple(
-            Segment(t.start_sample / SAMPLE_RATE, t.end_sample / SAMPLE_RATE, f"SPEAKER_{t.speaker:02d}")
+            Segment(t.start_sample / SAMPLE_RATE, t.end_sample / SAMPLE_RATE, f"SPEAKER_{t.speaker:02d}",
+                    {f"SPEAKER_{k:02d}": int(round(p * 100)) for k, p in t.posteriors})
             for t in sorted(snapshot.turns, key=lambda t: (t.start_sample, t.end_sample))
         )
-        return cls(uri, segments, duration_samples / SAMPLE_RATE, snapshot.warnings)
+        frames = snapshot.frame_confidence
+        if frames is not None:  # cover the whole input, silence at the end included
+            total = -(-duration_samples // 320)
+            frames = np.concatenate([frames[:total], np.full(max(0, total - len(frames)), 100, np.uint8)])
+        return cls(uri, segments, duration_samples / SAMPLE_RATE, snapshot.warnings, frames)
+
+    @property
+    def exclusive_segments(self) -> tuple[Segment, ...]:
+        """Non-overlapping turns: where turns overlap, the later-starting one wins from its start."""
+        out: list[Segment] = []
+        for seg in self.segments:
+            if out and out[-1].end_s > seg.start_s:
+                prev = out.pop()
+                if seg.start_s > prev.start_s:
+                    out.append(replace(prev, end_s=seg.start_s))
+            out.append(seg)
+        return tuple(out)
 
     @property
     def speakers(self) -> list[str]:
@@ -82,14 +108,32 @@ class DiarizationResult:
             for s in self.segments
         )
 
-    def to_json(self) -> dict[str, Any]:
-        """The job API's output object: ``{"diarization": [{"speaker", "start", "end"}], ...}``."""
-        out: dict[str, Any] = {"diarization": [
-            {"speaker": s.speaker, "start": round(s.start_s, 3), "end": round(s.end_s, 3)} for s in self.segments
-        ]}
+    def to_json(self, confidence: bool = False, turn_level_confidence: bool = False,
+                exclusive: bool = False) -> dict[str, Any]:
+        """The job API's output object.
+
+        ``{"diarization": [{"speaker", "start", "end"(, "confidence": {speaker: 0-100})}],
+        "exclusiveDiarization": [...], "confidence": {"score": [...], "resolution": 0.02}, "warning"}``,
+        the optional parts as asked.
+        """
+        def rows(segments: tuple[Segment, ...]) -> list[dict[str, Any]]:
+            out = []
+            for s in segments:
+                row: dict[str, Any] = {"speaker": s.speaker, "start": round(s.start_s, 3), "end": round(s.end_s, 3)}
+                if turn_level_confidence:
+                    row["confidence"] = dict(s.confidence) or {s.speaker: 100}
+                out.append(row)
+            return out
+
+        body: dict[str, Any] = {"diarization": rows(self.segments)}
+        if exclusive:
+            body["exclusiveDiarization"] = rows(self.exclusive_segments)
+        if confidence:
+            scores = self.frame_confidence if self.frame_confidence is not None else np.zeros(0, np.uint8)
+            body["confidence"] = {"score": scores.tolist(), "resolution": self.CONFIDENCE_RESOLUTION_S}
         if self.warnings:
-            out["warning"] = "; ".join(self.warnings)
-        return out
+            body["warning"] = "; ".join(self.warnings)
+        return body
 
     def to_arrow(self) -> Any:
         """A ``pyarrow.Table`` with columns ``uri, start_s, end_s, speaker``."""

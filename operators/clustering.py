@@ -7,8 +7,9 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from .confidence import frame_confidence, turn_posteriors, window_posteriors
 from .global_clustering import cluster_embeddings
-from .messages import SpeakerTurn, UtteranceEmbeddings
+from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
 
 __all__ = ["OnlineClusterer", "OnlineClustererConfig", "ClustererState", "SpeakerTurns", "windows_to_turns"]
 
@@ -30,6 +31,7 @@ class SpeakerTurns:
     end_sample: int
     final: bool = False
     warnings: tuple[str, ...] = ()
+    frame_confidence: np.ndarray | None = None  # uint8 per 20 ms, offline refinement only
 
     @property
     def turns(self) -> tuple[SpeakerTurn, ...]:
@@ -61,7 +63,10 @@ class OnlineClustererConfig:
     refine
         At end of input, re-cluster all windows globally (offline mode) and re-emit every turn.
     refine_threshold
-        Cosine distance at which the global agglomerative clustering stops.
+        Cosine distance at which the global agglomerative clustering stops (tuned on the dev set).
+    min_cluster_windows
+        Global clusters with fewer windows are dissolved into their nearest neighbour (spurious
+        speakers from noise or overlap), unless that would leave fewer than ``min_speakers``.
     """
 
     assign_threshold: float = 0.30
@@ -71,9 +76,10 @@ class OnlineClustererConfig:
     min_speakers: int | None = None
     max_speakers: int | None = None
     refine: bool = False
-    refine_threshold: float = 0.70
+    refine_threshold: float = 0.72
+    min_cluster_windows: int = 5
 
-    input_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings,)
+    input_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings, VadProbabilities)
     output_types: ClassVar[tuple[type, ...]] = (SpeakerTurns,)
 
     def __post_init__(self) -> None:
@@ -82,6 +88,8 @@ class OnlineClustererConfig:
                 raise ValueError(f"{name} must lie in (-1, 1), got {getattr(self, name)}")
         if not 0.0 < self.refine_threshold < 2.0:
             raise ValueError(f"refine_threshold must lie in (0, 2), got {self.refine_threshold}")
+        if self.min_cluster_windows < 1:
+            raise ValueError(f"min_cluster_windows must be >= 1, got {self.min_cluster_windows}")
         if self.retention_samples < 16000:
             raise ValueError(f"retention_samples must be >= 16000 (1 s), got {self.retention_samples}")
         for name in ("num_speakers", "min_speakers", "max_speakers"):
@@ -117,6 +125,7 @@ class ClustererState:
     history_spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # refine only, (N, 2)
     history_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (N, 192)
     history_utterance_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,)
+    vad_probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # refine only
 
 
 def windows_to_turns(spans: np.ndarray, labels: np.ndarray, utterance_ids: np.ndarray) -> list[SpeakerTurn]:
@@ -176,6 +185,7 @@ class OnlineClusterer:
         self._history: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         if len(state.history_spans):
             self._history.append((state.history_spans, state.history_vectors, state.history_utterance_ids))
+        self._vad: list[np.ndarray] = [state.vad_probabilities] if len(state.vad_probabilities) else []
 
     @staticmethod
     def _centroids(frozen: np.ndarray, vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -183,8 +193,12 @@ class OnlineClusterer:
         np.add.at(sums, labels, vectors)
         return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)  # (speakers, 192)
 
-    def on_item(self, item: UtteranceEmbeddings) -> Sequence[SpeakerTurns]:
+    def on_item(self, item: UtteranceEmbeddings | VadProbabilities) -> Sequence[SpeakerTurns]:
         cfg = self.config
+        if isinstance(item, VadProbabilities):
+            if cfg.refine:  # kept for frame-level confidence (offline only: 24 h is ~11 MB)
+                self._vad.append(item.probabilities)
+            return []
         new_vectors = np.stack([w.vector for w in item.windows]).astype(np.float32)  # (m, 192)
         new_spans = np.array([[w.start_sample, w.end_sample] for w in item.windows], dtype=np.int64)
         frozen, has_frozen = self._frozen_sums, self._has_frozen
@@ -283,19 +297,27 @@ class OnlineClusterer:
         spans, vectors, utterance_ids = (np.concatenate(parts) for parts in zip(*self._history))
         min_speakers = cfg.num_speakers or cfg.min_speakers or 1
         max_speakers = cfg.num_speakers or cfg.max_speakers
-        labels = cluster_embeddings(vectors, cfg.refine_threshold, min_speakers, max_speakers)
+        labels = cluster_embeddings(vectors, cfg.refine_threshold, min_speakers, max_speakers,
+                                    min_cluster_size=cfg.min_cluster_windows)
         found = int(labels.max()) + 1 if len(labels) else 0
         warnings: tuple[str, ...] = ()
         if cfg.num_speakers is not None and found != cfg.num_speakers:
             warnings = (f"asked for {cfg.num_speakers} speakers but the audio only supports {found}",)
-        turns = tuple(windows_to_turns(spans, labels, utterance_ids))
-        return [SpeakerTurns((), 0, turns, self._utterances, self._end_sample, True, warnings)]
+        posteriors = window_posteriors(vectors, labels)  # (n, speakers)
+        turns = turn_posteriors(windows_to_turns(spans, labels, utterance_ids), spans, posteriors)
+        vad = np.concatenate(self._vad) if self._vad else np.zeros(0, np.float32)
+        end = max(self._end_sample, len(vad) * 512)
+        frames = frame_confidence(turns, spans, posteriors, labels, vad, end)
+        return [SpeakerTurns((), 0, tuple(turns), self._utterances, self._end_sample, True, warnings, frames)]
 
     def checkpoint(self) -> ClustererState:
         history = [np.concatenate(parts) for parts in zip(*self._history)] if self._history else [
             np.zeros((0, 2), np.int64), np.zeros((0, _DIM), np.float32), np.zeros(0, np.int64)]
         if len(self._history) > 1:
             self._history = [(history[0], history[1], history[2])]
+        if len(self._vad) > 1:
+            self._vad = [np.concatenate(self._vad)]
+        vad = self._vad[0] if self._vad else np.zeros(0, np.float32)
         return ClustererState(self._frozen_sums, self._has_frozen, self._spans, self._vectors, self._labels,
                               self._utterance_ids, tuple(self._frozen_turns), self._utterances,
-                              self._end_sample, history[0], history[1], history[2])
+                              self._end_sample, history[0], history[1], history[2], vad)

@@ -8,9 +8,15 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from .fbank import Fbank
-from .messages import PcmFrame, SpeakerEmbedding, SpeechRegion, SpeechStart, UtteranceEmbeddings
+from .messages import (
+    PcmFrame,
+    SpeakerEmbedding,
+    SpeechRegion,
+    SpeechStart,
+    UtteranceEmbeddings,
+    VadProbabilities,
+)
 from .models import SpeakerEmbedder
-from .vad import VadProbabilities
 
 __all__ = ["EmbeddingExtractor", "EmbeddingExtractorConfig", "EmbeddingExtractorState", "window_spans"]
 
@@ -65,7 +71,7 @@ class EmbeddingExtractorConfig:
     skip_similarity: float | None = 0.6
 
     input_types: ClassVar[tuple[type, ...]] = (PcmFrame, SpeechStart, SpeechRegion, VadProbabilities)
-    output_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings,)
+    output_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings, VadProbabilities)
 
     def __post_init__(self) -> None:
         if self.window_samples < _MIN_WINDOW_SAMPLES:
@@ -155,6 +161,8 @@ class EmbeddingExtractor:
             self._closed.append(item)
             if item.start_sample == self._open_start:
                 self._open_start = -1
+        elif isinstance(item, VadProbabilities):
+            return [item]  # passed on for confidence estimation downstream
         return []
 
     def _embed(self, spans: list[tuple[int, int]]) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ __all__ = [
     "PcmBytes",
     "PcmSamples",
     "PcmFrame",
+    "VadProbabilities",
     "SpeechStart",
     "SpeechRegion",
     "SpeakerEmbedding",
@@ -44,6 +45,14 @@ class PcmFrame:
     @property
     def end_sample(self) -> int:
         return self.start_sample + int(self.samples.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class VadProbabilities:
+    """Speech probability of consecutive 512-sample windows starting at ``start_sample``, ``(n,)``."""
+
+    start_sample: int
+    probabilities: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,8 @@ class SpeakerTurn:
     start_sample: int
     end_sample: int
     speaker: int
-    confidence: float = 1.0
+    confidence: float = 1.0  # posterior of ``speaker`` over the turn, in [0, 1]
+    posteriors: tuple[tuple[int, float], ...] = ()  # (speaker, posterior) pairs, offline refinement only
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,12 +117,14 @@ class Snapshot:
     end_sample: int
     final: bool = False
     warnings: tuple[str, ...] = field(default=())
+    frame_confidence: np.ndarray | None = None  # uint8 (frames,), 0-100 per 20 ms from sample 0; offline only
 
     @property
     def turns(self) -> tuple[SpeakerTurn, ...]:
         number = self.speaker_numbers
         return tuple(
-            SpeakerTurn(t.start_sample, t.end_sample, number[t.speaker], t.confidence)
+            SpeakerTurn(t.start_sample, t.end_sample, number[t.speaker], t.confidence,
+                        tuple((number[k], p) for k, p in t.posteriors if k in number))
             for t in (*self.frozen[: self.frozen_count], *self.live)
         )
 

@@ -7,18 +7,10 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from .messages import PcmFrame, SpeechRegion, SpeechStart
+from .messages import PcmFrame, SpeechRegion, SpeechStart, VadProbabilities
 from .models import VAD_WINDOW_SAMPLES, VadModel, VadState
 
-__all__ = ["SileroVad", "SileroVadConfig", "SileroVadState", "VadProbabilities"]
-
-
-@dataclass(frozen=True, eq=False)
-class VadProbabilities:
-    """Speech probability of consecutive 512-sample windows starting at ``start_sample``, ``(n,)``."""
-
-    start_sample: int
-    probabilities: np.ndarray
+__all__ = ["SileroVad", "SileroVadConfig", "SileroVadState"]
 
 
 @dataclass(frozen=True)
