@@ -62,6 +62,8 @@ class DiarizationResult:
         Human-readable notes (e.g. a requested speaker count that could not be honoured).
     frame_confidence
         uint8 ``(frames,)`` 0-100 confidence per 20 ms from the start (offline mode), else ``None``.
+    speaker_embeddings
+        Label -> L2-normalised mean CAM++ embedding ``(192,)`` of that speaker (for voiceprints).
     """
 
     uri: str
@@ -69,6 +71,7 @@ class DiarizationResult:
     duration_s: float
     warnings: tuple[str, ...] = ()
     frame_confidence: np.ndarray | None = None
+    speaker_embeddings: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     CONFIDENCE_RESOLUTION_S: ClassVar[float] = 0.02
 
@@ -83,7 +86,8 @@ class DiarizationResult:
         if frames is not None:  # cover the whole input, silence at the end included
             total = -(-duration_samples // 320)
             frames = np.concatenate([frames[:total], np.full(max(0, total - len(frames)), 100, np.uint8)])
-        return cls(uri, segments, duration_samples / SAMPLE_RATE, snapshot.warnings, frames)
+        embeddings = {f"SPEAKER_{k:02d}": v for k, v in snapshot.speaker_embeddings().items()}
+        return cls(uri, segments, duration_samples / SAMPLE_RATE, snapshot.warnings, frames, embeddings)
 
     @property
     def exclusive_segments(self) -> tuple[Segment, ...]:

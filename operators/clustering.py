@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -32,6 +32,7 @@ class SpeakerTurns:
     final: bool = False
     warnings: tuple[str, ...] = ()
     frame_confidence: np.ndarray | None = None  # uint8 per 20 ms, offline refinement only
+    centroids: Mapping[int, np.ndarray] | None = None  # speaker -> L2-normalised mean embedding (192,)
 
     @property
     def turns(self) -> tuple[SpeakerTurn, ...]:
@@ -159,6 +160,10 @@ def windows_to_turns(spans: np.ndarray, labels: np.ndarray, utterance_ids: np.nd
                 turns.append(SpeakerTurn(a, b, label))
         i = j + 1
     return turns
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
 
 
 def _smooth(labels: np.ndarray) -> np.ndarray:
@@ -293,7 +298,9 @@ class OnlineClusterer:
     def on_eof(self) -> Sequence[SpeakerTurns]:
         cfg = self.config
         if not cfg.refine or not self._history:
-            return [self._view(final=True)]
+            view = self._view(final=True)
+            centroids = self._centroids(self._frozen_sums, self._vectors, self._labels).astype(np.float32)
+            return [replace(view, centroids={k: centroids[k] for k in range(len(centroids))})]
         spans, vectors, utterance_ids = (np.concatenate(parts) for parts in zip(*self._history))
         min_speakers = cfg.num_speakers or cfg.min_speakers or 1
         max_speakers = cfg.num_speakers or cfg.max_speakers
@@ -308,7 +315,9 @@ class OnlineClusterer:
         vad = np.concatenate(self._vad) if self._vad else np.zeros(0, np.float32)
         end = max(self._end_sample, len(vad) * 512)
         frames = frame_confidence(turns, spans, posteriors, labels, vad, end)
-        return [SpeakerTurns((), 0, tuple(turns), self._utterances, self._end_sample, True, warnings, frames)]
+        centroids = {k: _unit(vectors[labels == k].mean(axis=0)) for k in range(found)}
+        return [SpeakerTurns((), 0, tuple(turns), self._utterances, self._end_sample, True, warnings, frames,
+                             centroids)]
 
     def checkpoint(self) -> ClustererState:
         history = [np.concatenate(parts) for parts in zip(*self._history)] if self._history else [

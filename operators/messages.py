@@ -118,6 +118,13 @@ class Snapshot:
     final: bool = False
     warnings: tuple[str, ...] = field(default=())
     frame_confidence: np.ndarray | None = None  # uint8 (frames,), 0-100 per 20 ms from sample 0; offline only
+    centroids: Mapping[int, np.ndarray] | None = None  # final only: internal speaker id -> unit embedding (192,)
+
+    def speaker_embeddings(self) -> dict[int, np.ndarray]:
+        """Public speaker number -> L2-normalised mean embedding (final snapshots only)."""
+        if not self.centroids:
+            return {}
+        return {self.speaker_numbers[k]: v for k, v in self.centroids.items() if k in self.speaker_numbers}
 
     @property
     def turns(self) -> tuple[SpeakerTurn, ...]:

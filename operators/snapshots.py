@@ -49,7 +49,7 @@ class SnapshotEmitter:
         numbers = dict(self._order)
         self._extend(numbers, item.live)
         return [Snapshot(item.frozen, item.frozen_count, item.live, numbers, item.utterances, item.end_sample,
-                         item.final, item.warnings, item.frame_confidence)]
+                         item.final, item.warnings, item.frame_confidence, item.centroids)]
 
     def on_watermark(self, sample: int) -> Sequence[Snapshot]:
         return []
