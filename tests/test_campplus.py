@@ -89,3 +89,17 @@ def test_same_speaker_scores_clearly_above_different(
 def test_too_few_frames_refused(embedder: SpeakerEmbeddingModel) -> None:
     with pytest.raises(ValueError, match="frames>=3"):
         embedder.embed(np.zeros((1, 2, 80), np.float32))
+
+
+def test_channels_first_and_last_builds_agree(model_paths: ModelPaths, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import onnx
+
+    from diarflow.models.campplus_onnx import build_campplus_onnx
+    from diarflow.models.torch_zip import load_state_dict
+
+    weights = load_state_dict(model_paths.campplus.parent / "campplus_cn_en_common.pt")
+    onnx.save(build_campplus_onnx(weights, channels_last=False), str(tmp_path / "first.onnx"))
+    first = SpeakerEmbeddingModel(tmp_path / "first.onnx")
+    last = SpeakerEmbeddingModel(model_paths.campplus)
+    feats = np.random.default_rng(3).standard_normal((3, 260, 80)).astype(np.float32)  # 3 pooling segments
+    np.testing.assert_allclose(first.embed(feats), last.embed(feats), atol=2e-4)
