@@ -178,3 +178,4 @@ def test_digest_changes_with_config_and_replace_keeps_wiring() -> None:
     assert swapped.edges == graph.edges and swapped.digest == graph.digest
     with pytest.raises(GraphError, match="no node named"):
         graph.replace("missing", RunningSum())
+

@@ -1,0 +1,129 @@
+"""Clustering operators with hand-built embeddings: online behaviour, constraints, long sessions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diarflow.operators.clustering import OnlineClustererConfig, windows_to_turns
+from diarflow.operators.messages import SpeakerEmbedding, SpeechRegion, UtteranceEmbeddings
+from diarflow.operators.snapshots import SnapshotEmitterConfig
+
+RATE = 16000
+
+
+def _speakers(count: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((count, 192))
+    return centres / np.linalg.norm(centres, axis=1, keepdims=True)
+
+
+def _utterance(start_s: float, centre: np.ndarray, windows: int = 2, noise: float = 0.05,
+               seed: int = 0) -> UtteranceEmbeddings:
+    rng = np.random.default_rng(seed)
+    spans = []
+    for k in range(windows):
+        a = int((start_s + 0.75 * k) * RATE)
+        v = centre + noise * rng.standard_normal(192)
+        spans.append(SpeakerEmbedding(a, a + 24000, (v / np.linalg.norm(v)).astype(np.float32)))
+    region = SpeechRegion(spans[0].start_sample, spans[-1].end_sample)
+    return UtteranceEmbeddings(region, tuple(spans))
+
+
+def _run(config: OnlineClustererConfig, utterances: list[UtteranceEmbeddings]):  # type: ignore[no-untyped-def]
+    clusterer = config.build(None)
+    emitter = SnapshotEmitterConfig().build(None)
+    snapshots = []
+    for u in utterances:
+        for view in clusterer.on_item(u):
+            snapshots.extend(emitter.on_item(view))
+    for view in clusterer.on_eof():
+        snapshots.extend(emitter.on_item(view))
+    return snapshots
+
+
+def test_no_hard_cap_on_speakers() -> None:
+    centres = _speakers(12)
+    utterances = [_utterance(5.0 * i, centres[i % 12], seed=i) for i in range(36)]
+    final = _run(OnlineClustererConfig(), utterances)[-1]
+    assert final.num_speakers == 12
+    assert [t.speaker for t in final.turns][:12] == list(range(12))  # numbered by first appearance
+
+
+def test_num_speakers_caps_the_snapshot() -> None:
+    centres = _speakers(5)
+    utterances = [_utterance(5.0 * i, centres[i % 5], seed=i) for i in range(15)]
+    for snapshot in _run(OnlineClustererConfig(num_speakers=3), utterances):
+        assert snapshot.num_speakers <= 3
+
+
+def test_labels_stay_stable_after_leaving_the_buffer() -> None:
+    """Two speakers alternate for 30 minutes with a 20 s buffer: ids never change once frozen."""
+    a, b = _speakers(2, seed=4)
+    utterances = [_utterance(4.0 * i, a if i % 2 == 0 else b, seed=i) for i in range(450)]
+    snapshots = _run(OnlineClustererConfig(retention_samples=20 * RATE), utterances)
+    final = snapshots[-1]
+    assert final.num_speakers == 2
+    turns = final.turns
+    assert all(t.speaker == (i % 2) for i, t in enumerate(turns))
+    earlier = {(t.start_sample, t.end_sample): t.speaker for t in snapshots[len(snapshots) // 2].turns}
+    for t in turns:
+        if (t.start_sample, t.end_sample) in earlier and t.end_sample < 20 * 60 * RATE:
+            assert earlier[(t.start_sample, t.end_sample)] == t.speaker
+
+
+def test_buffer_memory_is_bounded() -> None:
+    a, b = _speakers(2, seed=5)
+    clusterer = OnlineClustererConfig(retention_samples=20 * RATE).build(None)
+    for i in range(300):
+        clusterer.on_item(_utterance(4.0 * i, a if i % 2 else b, seed=i))
+    state = clusterer.checkpoint()
+    assert len(state.vectors) <= 20 // 4 * 2 + 4  # windows of the last ~20 s only
+    assert len(state.history_vectors) == 0  # no history kept without offline refinement
+
+
+def test_refinement_relabels_globally_at_end_of_input() -> None:
+    centres = _speakers(3, seed=9)
+    utterances = [_utterance(4.0 * i, centres[i % 3], windows=3, seed=i) for i in range(30)]
+    final = _run(OnlineClustererConfig(refine=True), utterances)[-1]
+    assert final.final and final.num_speakers == 3
+    assert all(0.0 <= t.confidence <= 1.0 for t in final.turns)
+    assert all(t.posteriors and t.posteriors[0][0] == t.speaker for t in final.turns)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"num_speakers": 2, "max_speakers": 3}, "cannot be combined"),
+    ({"min_speakers": 4, "max_speakers": 3}, "must be <="),
+    ({"num_speakers": 0}, ">= 1"),
+    ({"assign_threshold": 1.5}, "assign_threshold"),
+    ({"retention_samples": 10}, "retention_samples"),
+])
+def test_config_validation(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        OnlineClustererConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_windows_to_turns_splits_at_centre_midpoints() -> None:
+    spans = np.array([[0, 24000], [12000, 36000], [24000, 48000]])
+    turns = windows_to_turns(spans, np.array([0, 0, 1]), np.array([0, 0, 0]))
+    assert [(t.start_sample, t.end_sample, t.speaker) for t in turns] == [(0, 30000, 0), (30000, 48000, 1)]
+
+
+def test_global_clustering_scales_without_a_dense_matrix() -> None:
+    """Beyond ``max_direct`` windows the micro-cluster path runs; it must still find the speakers."""
+    import numpy as np
+
+    from diarflow.operators.global_clustering import cluster_embeddings
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((7, 192))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    truth = rng.integers(0, 7, 12_000)
+    vectors = centres[truth] + 0.07 * rng.standard_normal((12_000, 192))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    labels = cluster_embeddings(vectors, 0.72, max_direct=2000, num_micro_clusters=300)
+    assert labels.max() + 1 == 7
+    for k in range(7):  # every true speaker maps to one cluster
+        assert len(np.unique(labels[truth == k])) == 1
+    fixed = cluster_embeddings(vectors, 0.72, min_speakers=3, max_speakers=3, max_direct=2000)
+    assert fixed.max() + 1 == 3
