@@ -30,10 +30,13 @@ serve: setup
 	$(BIN)/diarflow serve --host $(HOST) --port $(PORT)
 
 test: setup-test
+	$(BIN)/python -m mypy dataflow operators diarflow/models
 	$(BIN)/python -m pytest -q
 
 bench: setup-test
 	$(BIN)/python -m tools.bench_embeddings
+	$(BIN)/python -m tools.bench_diarization
+	$(BIN)/python -m tools.bench_stream_compute
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis *.egg-info

@@ -32,7 +32,7 @@ def decode_chunks(path: str | Path, chunk_samples: int = 30 * SAMPLE_RATE) -> It
     path = Path(path)
     try:
         container = av.open(str(path))
-    except (av.error.FFmpegError, OSError) as exc:  # type: ignore[attr-defined]
+    except (av.error.FFmpegError, OSError) as exc:
         raise AudioDecodeError(f"could not read {path} as audio: {exc}") from None
     with container:
         if not container.streams.audio:
@@ -53,7 +53,7 @@ def decode_chunks(path: str | Path, chunk_samples: int = 30 * SAMPLE_RATE) -> It
             for out in resampler.resample(None):
                 pending.append(out.to_ndarray().reshape(-1))
                 pending_len += pending[-1].shape[0]
-        except av.error.FFmpegError as exc:  # type: ignore[attr-defined]
+        except av.error.FFmpegError as exc:
             raise AudioDecodeError(f"could not decode {path}: {exc}") from None
         if pending_len:
             merged = np.concatenate(pending)
@@ -72,6 +72,6 @@ def probe_duration_s(path: str | Path) -> float | None:
             stream = container.streams.audio[0] if container.streams.audio else None
             if stream is not None and stream.duration is not None and stream.time_base is not None:
                 return float(stream.duration * stream.time_base)
-    except (av.error.FFmpegError, OSError):  # type: ignore[attr-defined]
+    except (av.error.FFmpegError, OSError):
         return None
     return None

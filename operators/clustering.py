@@ -299,9 +299,11 @@ class OnlineClusterer:
         cfg = self.config
         if not cfg.refine or not self._history:
             view = self._view(final=True)
-            centroids = self._centroids(self._frozen_sums, self._vectors, self._labels).astype(np.float32)
-            return [replace(view, centroids={k: centroids[k] for k in range(len(centroids))})]
-        spans, vectors, utterance_ids = (np.concatenate(parts) for parts in zip(*self._history))
+            means = self._centroids(self._frozen_sums, self._vectors, self._labels).astype(np.float32)
+            return [replace(view, centroids={k: means[k] for k in range(len(means))})]
+        spans = np.concatenate([h[0] for h in self._history])
+        vectors = np.concatenate([h[1] for h in self._history])
+        utterance_ids = np.concatenate([h[2] for h in self._history])
         min_speakers = cfg.num_speakers or cfg.min_speakers or 1
         max_speakers = cfg.num_speakers or cfg.max_speakers
         labels = cluster_embeddings(vectors, cfg.refine_threshold, min_speakers, max_speakers,
@@ -320,13 +322,16 @@ class OnlineClusterer:
                              centroids)]
 
     def checkpoint(self) -> ClustererState:
-        history = [np.concatenate(parts) for parts in zip(*self._history)] if self._history else [
-            np.zeros((0, 2), np.int64), np.zeros((0, _DIM), np.float32), np.zeros(0, np.int64)]
-        if len(self._history) > 1:
-            self._history = [(history[0], history[1], history[2])]
+        spans, vectors, utterance_ids = (
+            np.zeros((0, 2), np.int64), np.zeros((0, _DIM), np.float32), np.zeros(0, np.int64))
+        if self._history:
+            spans = np.concatenate([h[0] for h in self._history])
+            vectors = np.concatenate([h[1] for h in self._history])
+            utterance_ids = np.concatenate([h[2] for h in self._history])
+            self._history = [(spans, vectors, utterance_ids)]
         if len(self._vad) > 1:
             self._vad = [np.concatenate(self._vad)]
         vad = self._vad[0] if self._vad else np.zeros(0, np.float32)
         return ClustererState(self._frozen_sums, self._has_frozen, self._spans, self._vectors, self._labels,
                               self._utterance_ids, tuple(self._frozen_turns), self._utterances,
-                              self._end_sample, history[0], history[1], history[2], vad)
+                              self._end_sample, spans, vectors, utterance_ids, vad)

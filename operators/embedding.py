@@ -147,7 +147,7 @@ class EmbeddingExtractor:
             self._audio_len -= drop
 
     # ---- events -------------------------------------------------------------------------------
-    def on_item(self, item: Any) -> Sequence[UtteranceEmbeddings]:
+    def on_item(self, item: Any) -> Sequence[UtteranceEmbeddings | VadProbabilities]:
         if isinstance(item, PcmFrame):
             if self._audio_len and item.start_sample != self._audio_end:
                 raise ValueError(f"audio gap: expected sample {self._audio_end}, got {item.start_sample}")

@@ -151,7 +151,7 @@ class SileroVadModel:
             out, lstm = self._session.run(None, {"input": buffer, "state": lstm, "sr": self._sample_rate})
             probabilities[:, t] = out[:, 0]
             buffer[:, :_VAD_CONTEXT_SAMPLES] = padded[:, t, -_VAD_CONTEXT_SAMPLES:]
-            for i in np.flatnonzero(np.asarray(lengths) == t + 1):
+            for i in np.flatnonzero(np.asarray(lengths) == t + 1).tolist():
                 final_lstm[:, i] = lstm[:, i]
         results = []
         for i, (windows, state) in enumerate(streams):

@@ -54,7 +54,7 @@ class _GraphBuilder:
         self.used.add(key)
         return value.astype(np.float64)
 
-    def const(self, value: np.ndarray | list[int], dtype: Any = np.float32) -> str:
+    def const(self, value: np.ndarray | list[int] | int, dtype: Any = np.float32) -> str:
         self._count += 1
         name = f"c{self._count}"
         self.initializers.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
