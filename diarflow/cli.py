@@ -59,6 +59,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         model_dir=Path(args.model_dir) if args.model_dir else None,
         auth_enabled=args.auth or os.environ.get("AUTH_ENABLED", "").lower() in {"1", "true", "yes"},
+        idle_timeout_s=args.idle_timeout,
     )
     try:
         run_server(settings)
@@ -66,6 +67,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"diarflow: cannot start, models unavailable: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_stream(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import aiohttp
+
+    from diarflow.audio import AudioDecodeError
+    from diarflow.servers.stream_client import run_stream_command
+
+    try:
+        return asyncio.run(run_stream_command(args.file, args.url, args.realtime,
+                                              args.token or os.environ.get("DIARFLOW_TOKEN")))
+    except (AudioDecodeError, FileNotFoundError) as exc:
+        print(f"diarflow: {exc}", file=sys.stderr)
+    except aiohttp.ClientError as exc:
+        print(f"diarflow: cannot stream to {args.url}: {exc}", file=sys.stderr)
+    return 1
 
 
 def _progress_printer(name: str, total_s: float | None) -> Callable[[float], None]:
@@ -166,7 +185,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--model-dir", default=None)
     serve.add_argument("--auth", action="store_true", help="require API keys (same as AUTH_ENABLED=True)")
+    serve.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+                       help="live stream: finalise a session after this long without a frame (default 60)")
     serve.set_defaults(func=_cmd_serve)
+
+    stream = sub.add_parser("stream", help="stream a file to a running server's live endpoint")
+    stream.add_argument("file", metavar="FILE")
+    stream.add_argument("--url", default="ws://127.0.0.1:8000/diarize/stream")
+    stream.add_argument("--realtime", action="store_true",
+                        help="send at real-time pace and print per-utterance latency with P50/P99")
+    stream.add_argument("--token", default=None, help="API key when the server runs with --auth "
+                        "(default $DIARFLOW_TOKEN)")
+    stream.set_defaults(func=_cmd_stream)
     return parser
 
 

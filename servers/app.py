@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Mapping
 
 from aiohttp import web
 
@@ -31,6 +31,10 @@ class ServerSettings:
     port: int = 8000
     model_dir: Path | None = None
     auth_enabled: bool = False
+    api_keys: Mapping[str, str] = field(default_factory=dict)  # key -> team; empty: $DIARFLOW_API_KEYS
+    idle_timeout_s: float = 60.0  # live stream: no frame for this long finalises the session
+    max_session_s: float = 7200.0  # live stream: audio per session before it is finalised
+    heartbeat_s: float = 30.0  # live stream: WebSocket ping interval
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -47,12 +51,15 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def health(request: web.Request) -> web.Response:
+    from .stream import active_sessions  # stream.py imports this module's app keys
+
     app = request.app
     return web.json_response({
         "status": "ok",
         "version": __version__,
         "models_loaded": RESOURCES in app,
         "uptime_s": round(time.monotonic() - app[STARTED_AT], 3),
+        "sessions": active_sessions(app),
     })
 
 
@@ -62,6 +69,9 @@ def make_app(settings: ServerSettings | None = None) -> web.Application:
     app[SETTINGS] = settings or ServerSettings()
     app.cleanup_ctx.append(_resources_ctx)
     app.router.add_get("/health", health)
+    from .stream import setup_stream  # stream.py imports this module's app keys
+
+    setup_stream(app)
     return app
 
 

@@ -1,0 +1,346 @@
+"""``WS /diarize/stream`` (protocol v1) and the "try it" page: translate frames into StreamingSession calls.
+
+The contract is ``shared/specs/stream-protocol.md``. One :class:`StreamingSession` per connection; the
+models in ``app[RESOURCES]`` are shared. ``session.push`` is CPU-bound, so it runs on a thread pool
+sized to the cores, one push in flight per session: the handler awaits each push before it reads the
+next frame, which is also the back-pressure (a client sending faster than compute stops being read,
+and aiohttp stops reading its socket once its small frame queue is full).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Mapping, TypeVar
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from diarflow.dataflow import Graph, StreamingSession
+from diarflow.operators.messages import PcmBytes, Snapshot
+from diarflow.operators.pipeline import PipelineConfig, build_graph
+
+from .app import RESOURCES, SETTINGS
+from .auth import api_keys_from_env, team_for_token
+
+__all__ = ["MAX_FRAME_BYTES", "StreamRegistry", "STREAM", "active_sessions", "snapshot_message", "setup_stream"]
+
+log = logging.getLogger("diarflow.server.stream")
+
+SAMPLE_RATE = 16000
+MAX_FRAME_BYTES = 1 << 20
+STATIC_DIR = Path(__file__).parent / "static"
+START_FIELDS: Mapping[str, object] = {"sample_rate": 16000, "channels": 1, "sample_width": 2, "format": "pcm_s16le"}
+UNAUTHORIZED = 4401
+MAX_GRAPHS = 32
+T = TypeVar("T")
+
+
+class ProtocolError(Exception):
+    """A client broke the contract: ``detail`` goes into the ``error`` message, ``code`` closes the socket."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass
+class StreamRegistry:
+    """Process-wide state of the endpoint: the compute pool, open sockets, graphs, live session count."""
+
+    pool: ThreadPoolExecutor
+    api_keys: Mapping[str, str]
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    graphs: dict[tuple[int | None, int | None, int | None], Graph] = field(default_factory=dict)
+    sessions: int = 0
+
+    def graph_for(self, num: int | None, low: int | None, high: int | None) -> Graph:
+        """The frozen graph for these speaker constraints (built once; ``ValueError`` if invalid)."""
+        key = (num, low, high)
+        if key not in self.graphs:
+            if len(self.graphs) >= MAX_GRAPHS:  # the key comes from clients: keep the cache bounded
+                self.graphs.pop(next(iter(self.graphs)))
+            cfg = PipelineConfig()
+            clustering = replace(cfg.clustering, num_speakers=num, min_speakers=low, max_speakers=high)
+            self.graphs[key] = build_graph(replace(cfg, clustering=clustering))
+        return self.graphs[key]
+
+
+STREAM = web.AppKey("stream", StreamRegistry)
+
+
+def active_sessions(app: web.Application) -> int:
+    """Number of live streaming sessions (0 before startup)."""
+    return app[STREAM].sessions if STREAM in app else 0
+
+
+async def _stream_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Own the compute pool for the app's lifetime; shut it down after the sockets are closed."""
+    settings = app[SETTINGS]
+    keys = dict(settings.api_keys) or api_keys_from_env()
+    if settings.auth_enabled and not keys:
+        log.warning("auth is enabled but no API keys are configured: every stream will be refused")
+    pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="diarflow-stream")
+    app[STREAM] = StreamRegistry(pool=pool, api_keys=keys)
+    yield
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """On shutdown, close every open stream with 1001 so clients know to reconnect elsewhere."""
+    if STREAM not in app:
+        return
+    sockets = list(app[STREAM].sockets)
+    await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in sockets),
+                         return_exceptions=True)
+
+
+def _seconds(sample: int) -> float:
+    return round(sample / SAMPLE_RATE, 2)
+
+
+def snapshot_message(kind: str, session_id: str, snapshot: Snapshot, chunks: int, pipeline_ms: float) -> dict[str, Any]:
+    """The ``partial_result`` / ``final_result`` body for one engine snapshot (a full snapshot, not a delta).
+
+    Parameters
+    ----------
+    kind
+        ``"partial_result"`` or ``"final_result"``.
+    session_id
+        32 lowercase hex digits.
+    snapshot
+        The engine's snapshot; its speakers are already numbered by first appearance.
+    chunks
+        Binary frames received up to and including the one that produced ``snapshot``.
+    pipeline_ms
+        Compute time of the push (or close) that produced ``snapshot``, in milliseconds.
+    """
+    turns = sorted(snapshot.turns, key=lambda t: (t.start_sample, t.end_sample))
+    segments = [{"start_time": _seconds(t.start_sample), "end_time": _seconds(t.end_sample),
+                 "speaker_id": int(t.speaker), "text": ""} for t in turns]
+    return {"type": kind, "session_id": session_id, "data": {"segments": segments},
+            "stats": {"utterances": int(snapshot.utterances), "chunks": chunks,
+                      "pipeline_ms": round(pipeline_ms, 1)}}
+
+
+def _timed(fn: Callable[[], T]) -> Callable[[], tuple[T, float]]:
+    """Wrap ``fn`` to also return its compute time in ms, measured on the worker thread (no queueing)."""
+    def run() -> tuple[T, float]:
+        started = time.perf_counter()
+        out = fn()
+        return out, (time.perf_counter() - started) * 1000.0
+    return run
+
+
+def _optional_count(body: Mapping[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _parse_text(data: str) -> dict[str, Any]:
+    try:
+        body = json.loads(data)
+    except ValueError:
+        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "text frame is not valid JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, 'expected a JSON object with a string "type"')
+    return body
+
+
+class _StreamSocket(web.WebSocketResponse):
+    """A WebSocket that precedes aiohttp's own 1009 close (frame over ``max_msg_size``) with an ``error``."""
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not self.closed:
+            try:
+                await self.send_json({"type": "error", "detail": f"frame larger than {MAX_FRAME_BYTES} bytes"})
+            except (ConnectionError, RuntimeError):
+                pass
+        return await super().close(code=code, message=message, drain=drain)
+
+
+class _Connection:
+    """One connection's protocol state machine; only the handler task reads the socket."""
+
+    def __init__(self, ws: web.WebSocketResponse, registry: StreamRegistry, resources: Any,
+                 idle_timeout_s: float, max_session_s: float) -> None:
+        self.ws = ws
+        self.registry = registry
+        self.resources = resources
+        self.idle_timeout_s = idle_timeout_s
+        self.max_samples = int(max_session_s * SAMPLE_RATE)
+        self.session: StreamingSession | None = None
+        self.session_id = ""
+        self.frames = 0
+        self.samples = 0
+
+    async def _compute(self, fn: Callable[[], T]) -> tuple[T, float]:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.registry.pool, _timed(fn))
+        except (asyncio.CancelledError, ProtocolError):
+            raise
+        except Exception as exc:  # the engine failed: report it, never crash the server
+            log.exception("session %s: inference failed", self.session_id)
+            raise ProtocolError(WSCloseCode.INTERNAL_ERROR, f"inference failed: {type(exc).__name__}") from exc
+
+    async def _send(self, body: Mapping[str, Any]) -> None:
+        if not self.ws.closed:  # closed under us (shutdown, client gone): nothing left to tell
+            await self.ws.send_json(body)
+
+    async def run(self) -> None:
+        """Serve the connection until it ends; raises :class:`ProtocolError` on a contract breach."""
+        while not self.ws.closed:
+            try:
+                msg = await self.ws.receive(timeout=self.idle_timeout_s)
+            except asyncio.TimeoutError:
+                await self._finish("idle timeout")
+                return
+            if msg.type == WSMsgType.BINARY:
+                if await self._on_audio(msg.data):
+                    await self._finish("session length limit")
+                    return
+            elif msg.type == WSMsgType.TEXT:
+                body = _parse_text(msg.data)
+                if body["type"] == "start":
+                    await self._on_start(body)
+                elif body["type"] == "close":
+                    await self._finish("")
+                    return
+                else:
+                    raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"unknown message type {body['type']!r}")
+            else:  # CLOSE, CLOSING, CLOSED, ERROR: the client left (or aiohttp closed it, e.g. 1009)
+                return
+
+    async def _on_start(self, body: Mapping[str, Any]) -> None:
+        if self.session is not None:
+            raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "a second start on the same connection")
+        for name, expected in START_FIELDS.items():
+            if name not in body:
+                raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: missing field {name!r}")
+            got = body[name]
+            if type(got) is not type(expected) or got != expected:
+                raise ProtocolError(WSCloseCode.POLICY_VIOLATION,
+                                    f"start: {name} must be {expected!r}, got {got!r} (only 16 kHz mono s16le)")
+        counts = [_optional_count(body, n) for n in ("num_speakers", "min_speakers", "max_speakers")]
+        try:
+            graph = self.registry.graph_for(*counts)
+        except ValueError as exc:
+            raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {exc}") from None
+        if self.resources is None:
+            raise ProtocolError(WSCloseCode.INTERNAL_ERROR, "models are not loaded")
+        self.session, _ = await self._compute(lambda: StreamingSession(graph, self.resources))
+        self.session_id = uuid.uuid4().hex
+        self.registry.sessions += 1
+        await self._send({"type": "ready", "session_id": self.session_id})
+
+    async def _on_audio(self, payload: bytes) -> bool:
+        """Push one frame; returns ``True`` once the session length limit is reached."""
+        if self.session is None:
+            raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "binary audio before start")
+        if not payload or len(payload) % 2:
+            raise ProtocolError(WSCloseCode.UNSUPPORTED_DATA,
+                                f"audio frame must be a non-empty even number of bytes, got {len(payload)}")
+        self.frames += 1
+        room = self.max_samples - self.samples
+        payload = payload[: 2 * room]
+        self.samples += len(payload) // 2
+        if payload:
+            session = self.session
+            messages, ms = await self._compute(lambda: session.push(PcmBytes(payload)))
+            for snap in messages:
+                if isinstance(snap, Snapshot):
+                    await self._send(snapshot_message("partial_result", self.session_id, snap, self.frames, ms))
+        return self.samples >= self.max_samples
+
+    async def _finish(self, reason: str) -> None:
+        """Flush the session, send ``final_result`` and close 1000 (no session yet: just close)."""
+        session = self.session
+        if session is None:
+            if reason:  # idle before start: nothing to finalise
+                await self.ws.close(code=WSCloseCode.OK, message=reason.encode())
+                return
+            raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "close before start")
+        messages, ms = await self._compute(session.close)
+        snaps = [m for m in messages if isinstance(m, Snapshot)]
+        if snaps:
+            body = snapshot_message("final_result", self.session_id, snaps[-1], self.frames, ms)
+        else:  # defensive: the engine always emits a final snapshot, but the client must get one
+            body = {"type": "final_result", "session_id": self.session_id, "data": {"segments": []},
+                    "stats": {"utterances": 0, "chunks": self.frames, "pipeline_ms": round(ms, 1)}}
+        if not reason:  # the client said close; the server-side ends (limit, idle) expect more audio
+            await self._reject_late_messages()
+        await self._send(body)
+        await self.ws.close(code=WSCloseCode.OK, message=reason.encode())
+
+    async def _reject_late_messages(self) -> None:
+        """JSON or audio that the client sent after ``close`` and that is already here breaks the contract.
+
+        Only frames already received are checked (a zero-length wait): later ones race with the close
+        handshake and are discarded by it.
+        """
+        if self.ws.closed:
+            return
+        try:
+            msg = await self.ws.receive(timeout=1e-9)
+        except asyncio.TimeoutError:
+            return
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            kind = "JSON" if msg.type == WSMsgType.TEXT else "audio"
+            raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"{kind} after close")
+
+
+async def stream_handler(request: web.Request) -> web.StreamResponse:
+    """``GET /diarize/stream``: upgrade to a WebSocket and run protocol v1 on it."""
+    app = request.app
+    settings = app[SETTINGS]
+    registry = app[STREAM]
+    ws = _StreamSocket(heartbeat=settings.heartbeat_s, max_msg_size=MAX_FRAME_BYTES)
+    await ws.prepare(request)
+    registry.sockets.add(ws)
+    conn = _Connection(ws, registry, app.get(RESOURCES), settings.idle_timeout_s, settings.max_session_s)
+    try:
+        if settings.auth_enabled and team_for_token(request.query.get("token"), registry.api_keys) is None:
+            raise ProtocolError(UNAUTHORIZED, "unauthorized")
+        await conn.run()
+    except ProtocolError as exc:
+        log.info("stream %s closed with %d: %s", conn.session_id or "-", exc.code, exc.detail)
+        if not ws.closed:
+            try:
+                await ws.send_json({"type": "error", "detail": exc.detail})
+            except ConnectionError:
+                pass
+            await ws.close(code=exc.code, message=exc.detail.encode()[:120])
+    except ConnectionError:
+        log.info("stream %s: client went away", conn.session_id or "-")
+    finally:
+        registry.sockets.discard(ws)
+        if conn.session is not None:
+            registry.sessions -= 1
+            conn.session = None  # drop the session state now, not when the request object goes
+    return ws
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    """``GET /``: the "try it" page."""
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+def setup_stream(app: web.Application) -> None:
+    """Register the live endpoint, the page and their lifecycle hooks on ``app``."""
+    app.cleanup_ctx.append(_stream_ctx)
+    app.on_shutdown.append(_close_sockets)
+    app.router.add_get("/diarize/stream", stream_handler)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC_DIR, name="static")
