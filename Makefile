@@ -22,6 +22,9 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed models
 setup-test: $(VENV)/.installed-test models
+	@# the page test drives a headless Chromium: install Debian's package once, only if it is missing
+	@test -x /usr/bin/chromium || { apt-get update -qq >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 models: | $(BIN)/python
 	$(BIN)/diarflow models install
