@@ -60,6 +60,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model_dir=Path(args.model_dir) if args.model_dir else None,
         auth_enabled=args.auth or os.environ.get("AUTH_ENABLED", "").lower() in {"1", "true", "yes"},
         idle_timeout_s=args.idle_timeout,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
     )
     try:
         run_server(settings)
@@ -187,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth", action="store_true", help="require API keys (same as AUTH_ENABLED=True)")
     serve.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
                        help="live stream: finalise a session after this long without a frame (default 60)")
+    serve.add_argument("--data-dir", default=None, metavar="DIR",
+                       help="job API data: SQLite store, uploaded media, secrets "
+                            "(default $DIARFLOW_DATA_DIR or ~/.local/share/diarflow)")
     serve.set_defaults(func=_cmd_serve)
 
     stream = sub.add_parser("stream", help="stream a file to a running server's live endpoint")

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from diarflow import __version__
 from diarflow.operators.models import Resources
+from diarflow.servers.jobs import JobsSettings, setup_jobs
 
 __all__ = ["ServerSettings", "make_app", "run_server", "RESOURCES"]
 
@@ -35,6 +36,8 @@ class ServerSettings:
     idle_timeout_s: float = 60.0  # live stream: no frame for this long finalises the session
     max_session_s: float = 7200.0  # live stream: audio per session before it is finalised
     heartbeat_s: float = 30.0  # live stream: WebSocket ping interval
+    data_dir: Path | None = None  # job API store, media, secrets; None: $DIARFLOW_DATA_DIR or ~/.local/share/diarflow
+    jobs: JobsSettings = field(default_factory=JobsSettings)  # job API limits, retention, retries
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -72,6 +75,9 @@ def make_app(settings: ServerSettings | None = None) -> web.Application:
     from .stream import setup_stream  # stream.py imports this module's app keys
 
     setup_stream(app)
+    settings = app[SETTINGS]
+    setup_jobs(app, settings.data_dir, settings.jobs, settings.model_dir, settings.auth_enabled,
+               settings.api_keys)
     return app
 
 

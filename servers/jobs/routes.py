@@ -1,0 +1,292 @@
+"""HTTP handlers of the pyannoteAI-compatible job API (translation only: the work is in the runner)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from diarflow.servers.jobs.keys import KeyRing
+from diarflow.servers.jobs.media import MediaStore, UrlSigner
+from diarflow.servers.jobs.ratelimit import RateLimiter
+from diarflow.servers.jobs.runner import JobRunner
+from diarflow.servers.jobs.settings import JobsSettings
+from diarflow.servers.jobs.store import TERMINAL, Job, JobStore
+from diarflow.servers.jobs.validation import (
+    ValidationFailed,
+    parse_diarize,
+    parse_identify,
+    parse_media_key,
+    parse_voiceprint,
+)
+
+__all__ = ["JobsContext", "JOBS", "add_routes"]
+
+log = logging.getLogger("diarflow.jobs")
+
+_UPLOAD_CHUNK_BYTES = 1 << 16
+_WRITE_BATCH_BYTES = 1 << 20
+STATUSES = frozenset({"created", "running", "succeeded", "failed", "canceled"})
+
+
+@dataclass
+class JobsContext:
+    """Everything the handlers share (one per application)."""
+
+    settings: JobsSettings
+    store: JobStore
+    media: MediaStore
+    signer: UrlSigner
+    keys: KeyRing
+    limiter: RateLimiter
+    runner: JobRunner
+
+
+JOBS = web.AppKey("jobs", JobsContext)
+
+
+class ApiError(Exception):
+    """A non-validation error answered as ``{"requestId", "message"}``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"requestId": str(uuid.uuid4()), "message": message}, status=status, headers=headers)
+
+
+def iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """The contract's job object (never ``"output": null``)."""
+    body: dict[str, Any] = {"jobId": job.id, "status": job.status, "createdAt": iso(job.created_at),
+                            "updatedAt": iso(job.updated_at)}
+    if job.status in TERMINAL:
+        body["output"] = job.output if job.output is not None else {"error": "no output recorded"}
+    elif job.status == "running":
+        body["progress"] = float(job.progress or 0.0)
+    return body
+
+
+Handler = Callable[[web.Request, JobsContext, str], Awaitable[web.StreamResponse]]
+
+
+def api(kind: str) -> Callable[[Handler], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
+    """Authenticate, rate-limit (``kind`` ``"get"``/``"post"``) and turn errors into contract bodies."""
+
+    def wrap(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            ctx = request.app[JOBS]
+            authorization = request.headers.get("Authorization")
+            team = ctx.keys.team_of(authorization)
+            if team is None:
+                return _error(401, "Invalid or missing API key")
+            presented = authorization or f"anonymous:{request.remote}"
+            key_id = hashlib.sha256(presented.encode()).hexdigest()  # never keep raw keys around
+            limit = ctx.settings.rate_limit_get if kind == "get" else ctx.settings.rate_limit_post
+            route = f"{request.method} {request.match_info.route.resource.canonical if request.match_info.route.resource else request.path}"
+            verdict = ctx.limiter.check(key_id, route, limit)
+            headers = {"X-RateLimit-Limit": str(verdict.limit), "X-RateLimit-Remaining": str(verdict.remaining)}
+            if not verdict.allowed:
+                headers.update({"X-RateLimit-Reset": str(verdict.reset_epoch_s), "Retry-After": str(verdict.retry_after_s)})
+                return _error(429, "Too many requests; retry later", headers)
+            try:
+                response = await handler(request, ctx, team)
+            except ValidationFailed as exc:
+                response = web.json_response({"message": str(exc), "errors": exc.errors}, status=400)
+            except ApiError as exc:
+                response = _error(exc.status, str(exc), exc.headers)
+            response.headers.update(headers)
+            return response
+
+        return handle
+
+    return wrap
+
+
+async def read_json(request: web.Request, max_bytes: int) -> Any:
+    """The JSON body, read with a size cap (413 past it) without trusting Content-Length."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, f"Request body larger than {max_bytes} bytes")
+    data = bytearray()
+    async for chunk in request.content.iter_chunked(_UPLOAD_CHUNK_BYTES):
+        data += chunk
+        if len(data) > max_bytes:
+            raise ApiError(413, f"Request body larger than {max_bytes} bytes")
+    if not data.strip():
+        raise ValidationFailed([{"field": "body", "message": "a JSON body is required"}])
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise ValidationFailed([{"field": "body", "message": "the request body is not valid JSON"}]) from None
+
+
+def _visible(ctx: JobsContext, job_id: str, team: str) -> Job:
+    job = ctx.store.get_job(job_id, team)
+    if job is None or (job.finished_at is not None and job.finished_at < time.time() - ctx.settings.output_ttl_s):
+        raise ApiError(404, "Job not found")
+    return job
+
+
+@api("get")
+async def test_key(request: web.Request, ctx: JobsContext, team: str) -> web.Response:
+    return web.json_response({"status": "OK", "message": "Test connection successful"})
+
+
+async def _submit(request: web.Request, ctx: JobsContext, team: str, kind: str,
+                  parse: Callable[[Any], dict[str, Any]]) -> web.Response:
+    params = parse(await read_json(request, ctx.settings.json_max_bytes))
+    webhook, status_only = params.pop("webhook"), params.pop("webhookStatusOnly")
+    job = ctx.store.create_job(team, kind, params, webhook, status_only)
+    ctx.runner.submit(job.id)
+    return web.json_response({"jobId": job.id, "status": job.status})
+
+
+@api("post")
+async def diarize(request: web.Request, ctx: JobsContext, team: str) -> web.Response:
+    return await _submit(request, ctx, team, "diarize", parse_diarize)
+
+
+@api("post")
+async def voiceprint(request: web.Request, ctx: JobsContext, team: str) -> web.Response:
+    return await _submit(request, ctx, team, "voiceprint", parse_voiceprint)
+
+
+@api("post")
+async def identify(request: web.Request, ctx: JobsContext, team: str) -> web.Response:
+    return await _submit(request, ctx, team, "identify", parse_identify)
+
+
+@api("get")
+async def get_job(request: web.Request, ctx: JobsContext, team: str) -> web.Response:
+    return web.json_response(job_view(_visible(ctx, request.match_info["job_id"], team)))
+
+
+@api("post")
+async def cancel_job(request: web.Request, ctx: JobsContext, team: str) -> web.Response:
+    job = _visible(ctx, request.match_info["job_id"], team)
+    if job.status in TERMINAL:
+        raise ApiError(409, f"Job already {job.status}; only created or running jobs can be canceled")
+    ctx.runner.finish(job, "canceled", {"error": "Job canceled by the client"})
+    return web.json_response(job_view(_visible(ctx, job.id, team)))
+
+
+@api("get")
+async def list_jobs(request: web.Request, ctx: JobsContext, team: str) -> web.Response:
+    errors = []
+    try:
+        limit = int(request.query.get("limit", "10"))
+        if not 1 <= limit <= 100:
+            raise ValueError
+    except ValueError:
+        errors.append({"field": "limit", "message": "limit must be an integer in [1, 100]"})
+        limit = 10
+    status = request.query.get("status") or None
+    if status is not None and status not in STATUSES:
+        errors.append({"field": "status", "message": f"status must be one of {sorted(STATUSES)}"})
+    if errors:
+        raise ValidationFailed(errors)
+    horizon = time.time() - ctx.settings.output_ttl_s
+    jobs, cursor = ctx.store.list_jobs(team, limit, request.query.get("cursor") or None, status)
+    items = [{"id": j.id, "status": j.status, "createdAt": iso(j.created_at)}
+             for j in jobs if j.finished_at is None or j.finished_at >= horizon]
+    return web.json_response({"items": items, "nextCursor": cursor})
+
+
+def _absolute(request: web.Request, path: str) -> str:
+    return str(request.url.origin().join(request.app.router["jobs_media_" + path.split("/")[0]].url_for(
+        token=path.split("/", 1)[1])))
+
+
+@api("post")
+async def media_input(request: web.Request, ctx: JobsContext, team: str) -> web.Response:
+    key = parse_media_key(await read_json(request, ctx.settings.json_max_bytes))
+    token = ctx.signer.sign("put", team, key, ctx.settings.upload_url_ttl_s)
+    return web.json_response({"url": _absolute(request, f"upload/{token}")}, status=201)
+
+
+@api("post")
+async def media_output(request: web.Request, ctx: JobsContext, team: str) -> web.Response:
+    key = parse_media_key(await read_json(request, ctx.settings.json_max_bytes))
+    found = ctx.store.get_media(team, key)
+    if found is None or not Path(found[0]).is_file():
+        raise ApiError(404, "Media not found")
+    token = ctx.signer.sign("get", team, key, ctx.settings.upload_url_ttl_s)
+    return web.json_response({"url": _absolute(request, f"download/{token}")}, status=201)
+
+
+async def media_upload(request: web.Request) -> web.Response:
+    """``PUT`` of a presigned URL: streamed to disk, refused with 413 as soon as it passes the cap."""
+    ctx = request.app[JOBS]
+    owner = ctx.signer.verify(request.match_info["token"], "put")
+    if owner is None:
+        return _error(401, "Invalid or expired upload URL")
+    team, key = owner
+    cap = ctx.settings.upload_max_bytes
+    if request.content_length is not None and request.content_length > cap:
+        return _error(413, f"Upload larger than {cap} bytes", {"Connection": "close"})
+    temp = ctx.media.temp_path_of(team, key)
+    size, pending = 0, bytearray()
+    try:
+        with open(temp, "wb") as out:
+            async for chunk in request.content.iter_chunked(_UPLOAD_CHUNK_BYTES):
+                size += len(chunk)
+                if size > cap:
+                    raise ApiError(413, f"Upload larger than {cap} bytes")
+                pending += chunk
+                if len(pending) >= _WRITE_BATCH_BYTES:
+                    await asyncio.to_thread(out.write, bytes(pending))
+                    pending.clear()
+            if pending:
+                await asyncio.to_thread(out.write, bytes(pending))
+        final = ctx.media.path_of(team, key)
+        os.replace(temp, final)
+    except ApiError as exc:
+        temp.unlink(missing_ok=True)
+        return _error(exc.status, str(exc), {"Connection": "close"})
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    ctx.store.put_media(team, key, str(final), size)
+    return web.Response(status=200)
+
+
+async def media_download(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[JOBS]
+    owner = ctx.signer.verify(request.match_info["token"], "get")
+    if owner is None:
+        return _error(401, "Invalid or expired download URL")
+    found = ctx.store.get_media(*owner)
+    if found is None or not Path(found[0]).is_file():
+        return _error(404, "Media not found")
+    return web.FileResponse(found[0], headers={"Content-Type": "application/octet-stream"})
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/v1/test", test_key)
+    router.add_post("/v1/media/input", media_input)
+    router.add_post("/v1/media/output", media_output)
+    router.add_put("/v1/media/upload/{token}", media_upload, name="jobs_media_upload")
+    router.add_get("/v1/media/download/{token}", media_download, name="jobs_media_download")
+    router.add_post("/v1/diarize", diarize)
+    router.add_post("/v1/voiceprint", voiceprint)
+    router.add_post("/v1/identify", identify)
+    router.add_get("/v1/jobs/{job_id}", get_job)
+    router.add_delete("/v1/jobs/{job_id}", cancel_job)
+    router.add_get("/v2/jobs", list_jobs)

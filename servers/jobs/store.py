@@ -1,0 +1,260 @@
+"""Durable state of the job API in one SQLite file (WAL): jobs, uploaded media, webhook deliveries."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Job", "Delivery", "JobStore", "TERMINAL", "connect"]
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    team TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    params TEXT NOT NULL,
+    output TEXT,
+    progress REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    crashes INTEGER NOT NULL DEFAULT 0,
+    worker_pid INTEGER,
+    webhook TEXT,
+    webhook_status_only INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_team_created ON jobs (team, created_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
+CREATE TABLE IF NOT EXISTS media (
+    team TEXT NOT NULL,
+    key TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    uploaded_at REAL NOT NULL,
+    PRIMARY KEY (team, key)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    team TEXT NOT NULL,
+    url TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    next_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending'
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
+"""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode with a busy timeout (also used by worker processes for progress)."""
+    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of ``jobs``; times are Unix seconds."""
+
+    id: str
+    team: str
+    kind: str
+    status: str
+    params: dict[str, Any]
+    output: dict[str, Any] | None
+    progress: float | None
+    attempts: int
+    crashes: int
+    worker_pid: int | None
+    webhook: str | None
+    webhook_status_only: bool
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        return cls(row["id"], row["team"], row["kind"], row["status"], json.loads(row["params"]),
+                   json.loads(row["output"]) if row["output"] is not None else None, row["progress"],
+                   row["attempts"], row["crashes"], row["worker_pid"], row["webhook"],
+                   bool(row["webhook_status_only"]), row["created_at"], row["updated_at"], row["finished_at"])
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One pending webhook delivery; ``attempt`` 0 is the first try, 1..n the retries."""
+
+    id: int
+    job_id: str
+    team: str
+    url: str
+    body: bytes
+    attempt: int
+    reason: str | None
+
+
+class JobStore:
+    """All reads and writes of the API's durable state.
+
+    Every call is one short transaction on a local file (sub-millisecond), so the server calls it
+    from the event loop; worker processes open their own connection only to report progress.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = connect(path)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- jobs -------------------------------------------------------------------------------------
+    def create_job(self, team: str, kind: str, params: dict[str, Any], webhook: str | None,
+                   webhook_status_only: bool) -> Job:
+        now = time.time()
+        job_id = str(uuid.uuid4())
+        self._conn.execute(
+            "INSERT INTO jobs (id, team, kind, status, params, webhook, webhook_status_only, created_at, updated_at)"
+            " VALUES (?, ?, ?, 'created', ?, ?, ?, ?, ?)",
+            (job_id, team, kind, json.dumps(params), webhook, int(webhook_status_only), now, now))
+        job = self.get_job(job_id)
+        assert job is not None
+        return job
+
+    def get_job(self, job_id: str, team: str | None = None) -> Job | None:
+        if team is None:
+            row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        else:
+            row = self._conn.execute("SELECT * FROM jobs WHERE id = ? AND team = ?", (job_id, team)).fetchone()
+        return Job.from_row(row) if row else None
+
+    def list_jobs(self, team: str, limit: int, cursor: str | None, status: str | None) -> tuple[list[Job], str | None]:
+        """Newest first; ``cursor`` is the id of the last job of the previous page."""
+        sql, args = "SELECT * FROM jobs WHERE team = ?", [team]
+        if status:
+            sql += " AND status = ?"
+            args.append(status)
+        if cursor:
+            ref = self._conn.execute("SELECT created_at, id FROM jobs WHERE id = ? AND team = ?",
+                                     (cursor, team)).fetchone()
+            if ref is None:
+                return [], None
+            sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            args += [ref["created_at"], ref["created_at"], ref["id"]]
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        args.append(limit + 1)
+        jobs = [Job.from_row(r) for r in self._conn.execute(sql, args).fetchall()]
+        next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
+        return jobs[:limit], next_cursor
+
+    def unfinished_jobs(self) -> list[Job]:
+        """Jobs accepted but not terminal, oldest first (re-queued after a restart)."""
+        rows = self._conn.execute(
+            "SELECT * FROM jobs WHERE status IN ('created', 'running') ORDER BY created_at, id").fetchall()
+        return [Job.from_row(r) for r in rows]
+
+    def requeue(self, job_id: str, crashed: bool = False) -> Job | None:
+        self._conn.execute(
+            "UPDATE jobs SET status = 'created', progress = NULL, worker_pid = NULL, updated_at = ?,"
+            " crashes = crashes + ? WHERE id = ? AND status IN ('created', 'running')",
+            (time.time(), int(crashed), job_id))
+        return self.get_job(job_id)
+
+    def mark_running(self, job_id: str) -> bool:
+        cur = self._conn.execute(
+            "UPDATE jobs SET status = 'running', progress = 0.0, attempts = attempts + 1, updated_at = ?"
+            " WHERE id = ? AND status = 'created'", (time.time(), job_id))
+        return cur.rowcount == 1
+
+    def finish(self, job_id: str, status: str, output: dict[str, Any], webhook_body: bytes | None = None,
+               from_statuses: tuple[str, ...] = ("created", "running")) -> bool:
+        """Move a job to a terminal status and queue its webhook in the same transaction.
+
+        Returns ``False`` (and changes nothing) when the job was no longer in ``from_statuses``,
+        which makes a late or repeated result harmless.
+        """
+        assert status in TERMINAL
+        now = time.time()
+        marks = ",".join("?" * len(from_statuses))
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            cur = self._conn.execute(
+                f"UPDATE jobs SET status = ?, output = ?, progress = NULL, updated_at = ?, finished_at = ?"
+                f" WHERE id = ? AND status IN ({marks})",
+                (status, json.dumps(output), now, now, job_id, *from_statuses))
+            if cur.rowcount != 1:
+                return False
+            row = self._conn.execute("SELECT team, webhook FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row["webhook"] and webhook_body is not None:
+                self._conn.execute(
+                    "INSERT INTO deliveries (job_id, team, url, body, next_at) VALUES (?, ?, ?, ?, ?)",
+                    (job_id, row["team"], row["webhook"], webhook_body, now))
+        return True
+
+    def expired_jobs(self, older_than: float) -> list[str]:
+        rows = self._conn.execute("SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?",
+                                  (older_than,)).fetchall()
+        return [r["id"] for r in rows]
+
+    def delete_jobs(self, job_ids: list[str]) -> None:
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for job_id in job_ids:
+                self._conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                self._conn.execute("DELETE FROM deliveries WHERE job_id = ? AND state != 'pending'", (job_id,))
+
+    # -- media ------------------------------------------------------------------------------------
+    def put_media(self, team: str, key: str, path: str, size: int) -> None:
+        self._conn.execute(
+            "INSERT INTO media (team, key, path, size, uploaded_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (team, key) DO UPDATE SET path = excluded.path, size = excluded.size,"
+            " uploaded_at = excluded.uploaded_at", (team, key, path, size, time.time()))
+
+    def get_media(self, team: str, key: str) -> tuple[str, int, float] | None:
+        row = self._conn.execute("SELECT path, size, uploaded_at FROM media WHERE team = ? AND key = ?",
+                                 (team, key)).fetchone()
+        return (row["path"], row["size"], row["uploaded_at"]) if row else None
+
+    def expired_media(self, older_than: float) -> list[tuple[str, str, str]]:
+        rows = self._conn.execute("SELECT team, key, path FROM media WHERE uploaded_at < ?", (older_than,)).fetchall()
+        return [(r["team"], r["key"], r["path"]) for r in rows]
+
+    def delete_media(self, team: str, key: str) -> None:
+        self._conn.execute("DELETE FROM media WHERE team = ? AND key = ?", (team, key))
+
+    # -- webhook deliveries -----------------------------------------------------------------------
+    def due_deliveries(self, now: float) -> list[Delivery]:
+        rows = self._conn.execute(
+            "SELECT * FROM deliveries WHERE state = 'pending' AND next_at <= ? ORDER BY next_at, id", (now,)).fetchall()
+        return [Delivery(r["id"], r["job_id"], r["team"], r["url"], bytes(r["body"]), r["attempt"], r["reason"])
+                for r in rows]
+
+    def next_delivery_at(self) -> float | None:
+        row = self._conn.execute("SELECT MIN(next_at) AS t FROM deliveries WHERE state = 'pending'").fetchone()
+        return row["t"] if row and row["t"] is not None else None
+
+    def delivery_done(self, delivery_id: int, state: str, reason: str | None = None) -> None:
+        self._conn.execute("UPDATE deliveries SET state = ?, reason = ? WHERE id = ?", (state, reason, delivery_id))
+
+    def delivery_retry(self, delivery_id: int, attempt: int, reason: str, next_at: float) -> None:
+        self._conn.execute("UPDATE deliveries SET attempt = ?, reason = ?, next_at = ? WHERE id = ?",
+                           (attempt, reason, next_at, delivery_id))
+
+    def deliveries_of(self, job_id: str) -> list[tuple[int, str, str | None]]:
+        rows = self._conn.execute("SELECT attempt, state, reason FROM deliveries WHERE job_id = ?", (job_id,)).fetchall()
+        return [(r["attempt"], r["state"], r["reason"]) for r in rows]

@@ -1,0 +1,110 @@
+"""Voiceprint strings and speaker identification scores (cosine of CAM++ centroids -> 0-100)."""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["VOICEPRINT_PREFIX", "decode_voiceprint", "encode_voiceprint", "identify", "similarity_score"]
+
+VOICEPRINT_PREFIX = "dfv1:campplus-192:"
+EMBEDDING_DIM = 192
+
+# Logistic map cosine -> 0-100, fitted on the dev corpus (see the README section "Identification
+# scores"): 50 at the cosine where same- and different-speaker pairs are equally likely.
+SCORE_MIDPOINT_COSINE = 0.55
+SCORE_SLOPE = 20.0
+
+
+def encode_voiceprint(embedding: np.ndarray) -> str:
+    """``"dfv1:campplus-192:" + base64(float16 little-endian (192,))``: 530 characters."""
+    vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    if vector.shape != (EMBEDDING_DIM,):
+        raise ValueError(f"expected a ({EMBEDDING_DIM},) embedding, got {vector.shape}")
+    vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
+    return VOICEPRINT_PREFIX + base64.b64encode(vector.astype("<f2").tobytes()).decode()
+
+
+def decode_voiceprint(text: str) -> np.ndarray:
+    """The unit-norm float32 ``(192,)`` embedding of a voiceprint string.
+
+    Raises
+    ------
+    ValueError
+        Not a voiceprint made by this server (wrong version/model tag, bad base64 or length).
+    """
+    if not isinstance(text, str) or not text.startswith(VOICEPRINT_PREFIX):
+        raise ValueError(f"not a diarflow voiceprint (expected the prefix {VOICEPRINT_PREFIX!r})")
+    try:
+        raw = base64.b64decode(text[len(VOICEPRINT_PREFIX):], validate=True)
+    except ValueError:
+        raise ValueError("voiceprint is not valid base64") from None
+    if len(raw) != EMBEDDING_DIM * 2:
+        raise ValueError(f"voiceprint has {len(raw)} bytes, expected {EMBEDDING_DIM * 2}")
+    vector = np.frombuffer(raw, dtype="<f2").astype(np.float32)
+    norm = float(np.linalg.norm(vector))
+    if not math.isfinite(norm) or norm == 0.0:
+        raise ValueError("voiceprint holds a zero or non-finite vector")
+    return vector / norm
+
+
+def similarity_score(cosine: float) -> int:
+    """0-100 score of a cosine similarity: ~ the percent chance that both come from one speaker."""
+    return int(round(100.0 / (1.0 + math.exp(-SCORE_SLOPE * (cosine - SCORE_MIDPOINT_COSINE)))))
+
+
+def identify(diarization: Mapping[str, Any], speaker_embeddings: Mapping[str, np.ndarray],
+             voiceprints: Sequence[Mapping[str, str]], exclusive: bool, threshold: float) -> dict[str, Any]:
+    """Match diarization speakers to labelled voiceprints.
+
+    Parameters
+    ----------
+    diarization
+        The job's diarization output (``{"diarization": [...], ...}``).
+    speaker_embeddings
+        Diarization label -> unit-norm ``(192,)`` centroid.
+    voiceprints
+        ``[{"label", "voiceprint"}]`` (already validated).
+    exclusive
+        One voiceprint per speaker and one speaker per voiceprint (best total score first).
+    threshold
+        Minimum score (0-100) of a match.
+
+    Returns
+    -------
+    dict
+        ``diarization`` output plus ``identification`` and ``voiceprints`` as in the contract.
+    """
+    labels = [v["label"] for v in voiceprints]
+    prints = np.stack([decode_voiceprint(v["voiceprint"]) for v in voiceprints])  # (voiceprints, 192)
+    speakers = sorted(speaker_embeddings)
+    scores = np.zeros((len(speakers), len(labels)), dtype=np.int64)  # (speakers, voiceprints)
+    for i, speaker in enumerate(speakers):
+        centroid = np.asarray(speaker_embeddings[speaker], dtype=np.float32)
+        centroid = centroid / max(float(np.linalg.norm(centroid)), 1e-12)
+        for j, cosine in enumerate(prints @ centroid):
+            scores[i, j] = similarity_score(float(cosine))
+    match: dict[str, str] = {}
+    if speakers:
+        if exclusive:
+            from scipy.optimize import linear_sum_assignment
+
+            rows, cols = linear_sum_assignment(-scores)
+            pairs = list(zip(rows.tolist(), cols.tolist()))
+        else:
+            pairs = [(i, int(np.argmax(scores[i]))) for i in range(len(speakers))]
+        for i, j in pairs:
+            if scores[i, j] >= threshold:
+                match[speakers[i]] = labels[j]
+    identification = []
+    for seg in diarization.get("diarization", []):
+        label = match.get(seg["speaker"])
+        identification.append({"speaker": label or seg["speaker"], "start": seg["start"], "end": seg["end"],
+                               "diarizationSpeaker": seg["speaker"], "match": label})
+    per_speaker = [{"speaker": s, "match": match.get(s), "confidence": {label: int(scores[i, j])
+                                                                        for j, label in enumerate(labels)}}
+                   for i, s in enumerate(speakers)]
+    return {**diarization, "identification": identification, "voiceprints": per_speaker}
