@@ -49,6 +49,7 @@ async def test_key_check_and_401(api: aiohttp.ClientSession) -> None:
             refused = await anonymous.get("/v1/test", headers=headers)
             body = await refused.json()
             assert refused.status == 401 and set(body) == {"requestId", "message"}
+            assert "X-RateLimit-Remaining" in refused.headers
 
 
 @pytest.mark.parametrize("patch, field, message", [

@@ -41,6 +41,12 @@ def sweep(ctx: JobsContext, work_dir: Path) -> tuple[int, int]:
     for team, key, path in old_media:
         Path(path).unlink(missing_ok=True)
         ctx.store.delete_media(team, key)
+    for part in ctx.media.root.glob("*/*.part"):  # uploads cut off by a crash
+        try:
+            if part.stat().st_mtime < now - 3600:
+                part.unlink()
+        except OSError:
+            pass
     ctx.limiter.prune()
     return len(expired), len(old_media)
 

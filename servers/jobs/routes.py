@@ -86,26 +86,33 @@ def job_view(job: Job) -> dict[str, Any]:
 Handler = Callable[[web.Request, JobsContext, str], Awaitable[web.StreamResponse]]
 
 
-def api(kind: str) -> Callable[[Handler], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
-    """Authenticate, rate-limit (``kind`` ``"get"``/``"post"``) and turn errors into contract bodies."""
+def api(kind: str, authenticate: bool = True
+        ) -> Callable[[Handler], Callable[[web.Request], Awaitable[web.StreamResponse]]]:
+    """Rate-limit (``kind`` ``"get"``/``"post"``), authenticate, and turn errors into contract bodies.
+
+    The limit is counted before the key check, per presented credential (or client address), so
+    every answer, 401s included, carries the ``X-RateLimit-*`` headers and key guessing is throttled.
+    Routes with ``authenticate=False`` (presigned media URLs) authorise themselves and get team ``""``.
+    """
 
     def wrap(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
             ctx = request.app[JOBS]
-            authorization = request.headers.get("Authorization")
-            team = ctx.keys.team_of(authorization)
-            if team is None:
-                return _error(401, "Invalid or missing API key")
-            presented = authorization or f"anonymous:{request.remote}"
+            authorization = request.headers.get("Authorization") if authenticate else None
+            presented = authorization or f"address:{request.remote}"
             key_id = hashlib.sha256(presented.encode()).hexdigest()  # never keep raw keys around
             limit = ctx.settings.rate_limit_get if kind == "get" else ctx.settings.rate_limit_post
-            route = f"{request.method} {request.match_info.route.resource.canonical if request.match_info.route.resource else request.path}"
+            resource = request.match_info.route.resource
+            route = f"{request.method} {resource.canonical if resource is not None else request.path}"
             verdict = ctx.limiter.check(key_id, route, limit)
             headers = {"X-RateLimit-Limit": str(verdict.limit), "X-RateLimit-Remaining": str(verdict.remaining)}
             if not verdict.allowed:
                 headers.update({"X-RateLimit-Reset": str(verdict.reset_epoch_s), "Retry-After": str(verdict.retry_after_s)})
                 return _error(429, "Too many requests; retry later", headers)
+            team = ctx.keys.team_of(authorization) if authenticate else ""
             try:
+                if team is None:
+                    raise ApiError(401, "Invalid or missing API key")
                 response = await handler(request, ctx, team)
             except ValidationFailed as exc:
                 response = web.json_response({"message": str(exc), "errors": exc.errors}, status=400)
@@ -230,9 +237,9 @@ async def media_output(request: web.Request, ctx: JobsContext, team: str) -> web
     return web.json_response({"url": _absolute(request, f"download/{token}")}, status=201)
 
 
-async def media_upload(request: web.Request) -> web.Response:
+@api("post", authenticate=False)
+async def media_upload(request: web.Request, ctx: JobsContext, _: str) -> web.Response:
     """``PUT`` of a presigned URL: streamed to disk, refused with 413 as soon as it passes the cap."""
-    ctx = request.app[JOBS]
     owner = ctx.signer.verify(request.match_info["token"], "put")
     if owner is None:
         return _error(401, "Invalid or expired upload URL")
@@ -266,8 +273,8 @@ async def media_upload(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-async def media_download(request: web.Request) -> web.StreamResponse:
-    ctx = request.app[JOBS]
+@api("get", authenticate=False)
+async def media_download(request: web.Request, ctx: JobsContext, _: str) -> web.StreamResponse:
     owner = ctx.signer.verify(request.match_info["token"], "get")
     if owner is None:
         return _error(401, "Invalid or expired download URL")

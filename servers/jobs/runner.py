@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import multiprocessing
@@ -163,13 +164,14 @@ class JobRunner:
             params = dict(job.params)
             if job.kind == "voiceprint":
                 params["maxAudioS"] = self.settings.voiceprint_max_audio_s
-            args = (run_job, job.id, job.kind, path, params, str(self.store.path), self.settings.max_audio_s, name)
+            call = functools.partial(run_job, job.id, job.kind, path, params, str(self.store.path),
+                                     self.settings.max_audio_s, name)
             loop = asyncio.get_running_loop()
             try:
-                future = loop.run_in_executor(slot.pool, *args)
+                future = loop.run_in_executor(slot.pool, call)
             except BrokenProcessPool:  # the worker died while idle: not this job's fault
                 slot.restart()
-                future = loop.run_in_executor(slot.pool, *args)
+                future = loop.run_in_executor(slot.pool, call)
             output = await future
         except JobFailure as exc:
             self.finish(job, "failed", {"error": str(exc)})

@@ -145,7 +145,8 @@ class JobStore:
 
     def list_jobs(self, team: str, limit: int, cursor: str | None, status: str | None) -> tuple[list[Job], str | None]:
         """Newest first; ``cursor`` is the id of the last job of the previous page."""
-        sql, args = "SELECT * FROM jobs WHERE team = ?", [team]
+        sql = "SELECT * FROM jobs WHERE team = ?"
+        args: list[Any] = [team]
         if status:
             sql += " AND status = ?"
             args.append(status)

@@ -41,6 +41,10 @@ def init_worker(model_dir: str | None, parent_pid: int) -> None:
     from diarflow.operators.models import Resources
 
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    try:  # batch work yields the CPU to the server's event loop, so polling stays fast under load
+        os.nice(5)
+    except OSError:
+        pass
     _resources = Resources.load(Path(model_dir) if model_dir else None, parallel_calls=1)
 
 
