@@ -306,7 +306,8 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
     registry = app[STREAM]
-    ws = _StreamSocket(heartbeat=settings.heartbeat_s, max_msg_size=MAX_FRAME_BYTES)
+    # aiohttp rejects a frame of exactly max_msg_size bytes (before buffering it): +1 admits 1 MiB itself
+    ws = _StreamSocket(heartbeat=settings.heartbeat_s, max_msg_size=MAX_FRAME_BYTES + 1)
     await ws.prepare(request)
     registry.sockets.add(ws)
     conn = _Connection(ws, registry, app.get(RESOURCES), settings.idle_timeout_s, settings.max_session_s)

@@ -22,6 +22,8 @@ __all__ = ["FRAME_BYTES", "StreamOutcome", "file_frames", "percentile_ms", "run_
 
 FRAME_BYTES = 6400  # 200 ms of 16 kHz s16le mono, the recommended frame
 BYTES_PER_SECOND = 32000
+MAX_RETRIES = 2
+RETRY_BASE_S = 1.0
 START: Mapping[str, Any] = {"type": "start", "sample_rate": 16000, "channels": 1, "sample_width": 2,
                             "format": "pcm_s16le"}
 
@@ -188,8 +190,9 @@ def _describe(body: Mapping[str, Any]) -> str:
 
 
 async def run_stream_command(path: str | Path, url: str, realtime: bool, token: str | None,
-                             out: TextIO = sys.stdout) -> int:
+                             out: TextIO | None = None) -> int:
     """``diarflow stream``: stream ``path``, print every snapshot and (``realtime``) latency percentiles."""
+    out = out or sys.stdout
     frames = file_frames(path)
 
     def show(body: dict[str, Any], latency_ms: float | None) -> None:
@@ -204,7 +207,22 @@ async def run_stream_command(path: str | Path, url: str, realtime: bool, token: 
         elif body.get("type") == "error":
             print(f"error: {body.get('detail')}", file=out, flush=True)
 
-    outcome = await stream_frames(url, frames, realtime=realtime, token=token, on_message=show)
+    outcome = StreamOutcome()
+    for attempt in range(MAX_RETRIES + 1):
+        if attempt:  # the contract: back off exponentially on 1011 / dropped connections, at most 2 retries
+            delay = RETRY_BASE_S * 2 ** (attempt - 1)
+            print(f"retrying in {delay:.0f} s with a new session (attempt {attempt + 1})", file=out, flush=True)
+            await asyncio.sleep(delay)
+        try:
+            outcome = await stream_frames(url, frames, realtime=realtime, token=token, on_message=show)
+        except aiohttp.ClientConnectionError as exc:
+            print(f"connection failed: {exc}", file=out, flush=True)
+            if attempt == MAX_RETRIES:
+                raise
+            continue
+        retryable = outcome.close_code in (None, 1006, 1011)  # never 4xxx: those need a person
+        if outcome.final is not None or not retryable:
+            break
     if outcome.final is not None:
         for seg in outcome.final["data"]["segments"]:
             print(f"  {seg['start_time']:9.2f} {seg['end_time']:9.2f}  speaker {seg['speaker_id']}", file=out)

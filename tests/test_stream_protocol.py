@@ -345,3 +345,62 @@ async def test_page_is_served(server: ServerThread) -> None:
         for name in ("app.js", "pcm-worklet.js", "style.css"):
             async with http.get(f"{server.http}/static/{name}") as response:
                 assert response.status == 200
+
+
+@pytest.fixture(scope="module")
+def clip_path(dev01_frames: list[bytes], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    path = tmp_path_factory.mktemp("cli") / "clip.wav"
+    samples = np.frombuffer(b"".join(dev01_frames[56:106]), "<i2")  # 10 s in which utterances close
+    sf.write(path, samples, 16000, subtype="PCM_16")
+    return path
+
+
+def test_stream_command_prints_snapshots_and_latency(server: ServerThread, clip_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from diarflow.cli import main
+
+    assert main(["stream", str(clip_path), "--url", server.url, "--realtime"]) == 0
+    out = capsys.readouterr().out
+    assert "ready: session" in out and "partial_result" in out and "final_result" in out
+    assert re.search(r"latency over \d+ utterances: P50 [\d.]+ ms, P99 [\d.]+ ms", out)
+    assert "closed with 1000" in out
+
+
+def test_stream_command_retries_internal_errors(server: ServerThread, clip_path: Path,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from diarflow.cli import main
+    from diarflow.servers import stream_client
+
+    failures = [True]  # the first session fails, the retry succeeds
+
+    class FlakySession(StreamingSession):
+        def push(self, item: Any) -> list[Any]:
+            if failures and failures.pop():
+                raise RuntimeError("transient")
+            return super().push(item)
+
+    monkeypatch.setattr(stream_module, "StreamingSession", FlakySession)
+    monkeypatch.setattr(stream_client, "RETRY_BASE_S", 0.01)
+    assert main(["stream", str(clip_path), "--url", server.url]) == 0
+    out = capsys.readouterr().out
+    assert "inference failed" in out and "retrying" in out and "closed with 1000" in out
+
+
+def test_stream_command_does_not_retry_unauthorized(auth_server: ServerThread, clip_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from diarflow.cli import main
+
+    assert main(["stream", str(clip_path), "--url", auth_server.url, "--token", "nope"]) == 1
+    out = capsys.readouterr().out
+    assert "unauthorized" in out and "retrying" not in out and "closed with 4401" in out
+    assert "nope" not in out
+
+
+async def test_frame_of_exactly_1_mib_is_accepted(server: ServerThread) -> None:
+    outcome = await stream_frames(server.url, [b"\0" * (1 << 20), b"\0\0"])
+    assert outcome.error is None and outcome.close_code == 1000
+    assert outcome.final is not None and outcome.final["stats"]["chunks"] == 2
