@@ -130,13 +130,17 @@ def snapshot_message(kind: str, session_id: str, snapshot: Snapshot, chunks: int
                       "pipeline_ms": round(pipeline_ms, 1)}}
 
 
-def _timed(fn: Callable[[], T]) -> Callable[[], tuple[T, float]]:
-    """Wrap ``fn`` to also return its compute time in ms, measured on the worker thread (no queueing)."""
-    def run() -> tuple[T, float]:
-        started = time.perf_counter()
-        out = fn()
-        return out, (time.perf_counter() - started) * 1000.0
-    return run
+def _step_and_render(step: Callable[[], list[Any]], kind: str, session_id: str, chunks: int) -> list[str]:
+    """Run one engine step and serialise the snapshots it emitted (on a worker thread).
+
+    ``pipeline_ms`` is the step's own compute time (no queueing). Rendering happens here too, so a long
+    session's large snapshots never hold up the event loop that serves every other connection.
+    """
+    started = time.perf_counter()
+    messages = step()
+    ms = (time.perf_counter() - started) * 1000.0
+    return [json.dumps(snapshot_message(kind, session_id, m, chunks, ms), separators=(",", ":"))
+            for m in messages if isinstance(m, Snapshot)]
 
 
 def _optional_count(body: Mapping[str, Any], name: str) -> int | None:
@@ -185,19 +189,19 @@ class _Connection:
         self.frames = 0
         self.samples = 0
 
-    async def _compute(self, fn: Callable[[], T]) -> tuple[T, float]:
+    async def _compute(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self.registry.pool, _timed(fn))
+            return await loop.run_in_executor(self.registry.pool, fn)
         except (asyncio.CancelledError, ProtocolError):
             raise
         except Exception as exc:  # the engine failed: report it, never crash the server
             log.exception("session %s: inference failed", self.session_id)
             raise ProtocolError(WSCloseCode.INTERNAL_ERROR, f"inference failed: {type(exc).__name__}") from exc
 
-    async def _send(self, body: Mapping[str, Any]) -> None:
+    async def _send(self, body: Mapping[str, Any] | str) -> None:
         if not self.ws.closed:  # closed under us (shutdown, client gone): nothing left to tell
-            await self.ws.send_json(body)
+            await self.ws.send_str(body if isinstance(body, str) else json.dumps(body))
 
     async def run(self) -> None:
         """Serve the connection until it ends; raises :class:`ProtocolError` on a contract breach."""
@@ -240,7 +244,7 @@ class _Connection:
             raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {exc}") from None
         if self.resources is None:
             raise ProtocolError(WSCloseCode.INTERNAL_ERROR, "models are not loaded")
-        self.session, _ = await self._compute(lambda: StreamingSession(graph, self.resources))
+        self.session = await self._compute(lambda: StreamingSession(graph, self.resources))
         self.session_id = uuid.uuid4().hex
         self.registry.sessions += 1
         await self._send({"type": "ready", "session_id": self.session_id})
@@ -257,11 +261,11 @@ class _Connection:
         payload = payload[: 2 * room]
         self.samples += len(payload) // 2
         if payload:
-            session = self.session
-            messages, ms = await self._compute(lambda: session.push(PcmBytes(payload)))
-            for snap in messages:
-                if isinstance(snap, Snapshot):
-                    await self._send(snapshot_message("partial_result", self.session_id, snap, self.frames, ms))
+            session, item = self.session, PcmBytes(payload)
+            texts = await self._compute(lambda: _step_and_render(lambda: session.push(item), "partial_result",
+                                                                 self.session_id, self.frames))
+            for text in texts:
+                await self._send(text)
         return self.samples >= self.max_samples
 
     async def _finish(self, reason: str) -> None:
@@ -272,13 +276,12 @@ class _Connection:
                 await self.ws.close(code=WSCloseCode.OK, message=reason.encode())
                 return
             raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "close before start")
-        messages, ms = await self._compute(session.close)
-        snaps = [m for m in messages if isinstance(m, Snapshot)]
-        if snaps:
-            body = snapshot_message("final_result", self.session_id, snaps[-1], self.frames, ms)
-        else:  # defensive: the engine always emits a final snapshot, but the client must get one
-            body = {"type": "final_result", "session_id": self.session_id, "data": {"segments": []},
-                    "stats": {"utterances": 0, "chunks": self.frames, "pipeline_ms": round(ms, 1)}}
+        texts = await self._compute(lambda: _step_and_render(session.close, "final_result",
+                                                             self.session_id, self.frames))
+        # the engine always emits a final snapshot; should it not, the client still gets a terminal message
+        body: str | dict[str, Any] = texts[-1] if texts else {
+            "type": "final_result", "session_id": self.session_id, "data": {"segments": []},
+            "stats": {"utterances": 0, "chunks": self.frames, "pipeline_ms": 0.0}}
         if not reason:  # the client said close; the server-side ends (limit, idle) expect more audio
             await self._reject_late_messages()
         await self._send(body)
