@@ -1,6 +1,14 @@
 """diarflow's dataflow engine: operators, graphs, an executor and two drivers; no audio models, no HTTP."""
 
-from .executor import Checkpoint, CheckpointMismatch, Executor, StreamingSession, Timed, run_offline
+from .executor import (
+    Checkpoint,
+    CheckpointMismatch,
+    Executor,
+    StreamingSession,
+    Timed,
+    iter_offline,
+    run_offline,
+)
 from .graph import Graph, GraphBuilder, GraphError
 from .operator import Operator, OperatorConfig
 
@@ -15,5 +23,6 @@ __all__ = [
     "OperatorConfig",
     "StreamingSession",
     "Timed",
+    "iter_offline",
     "run_offline",
 ]

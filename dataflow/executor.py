@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
 
 from .graph import Graph
 from .operator import Operator
 
-__all__ = ["Checkpoint", "CheckpointMismatch", "Executor", "StreamingSession", "Timed", "run_offline"]
+__all__ = [
+    "Checkpoint", "CheckpointMismatch", "Executor", "StreamingSession", "Timed", "iter_offline", "run_offline",
+]
 
 
 class CheckpointMismatch(ValueError):
@@ -158,13 +160,16 @@ class StreamingSession:
         return self._executor.checkpoint()
 
 
-def run_offline(
+def iter_offline(
     graph: Graph,
     resources: Any,
     items: Iterable[Any],
     on_progress: Callable[[int], None] | None = None,
-) -> list[Any]:
+) -> Iterator[Any]:
     """The offline driver: push every (large) input item without pacing, then end of input.
+
+    A generator, so a caller that needs only some outputs (e.g. the final snapshot of a 24 h file)
+    never holds the others in memory.
 
     Parameters
     ----------
@@ -175,16 +180,23 @@ def run_offline(
     on_progress
         Called with the number of items pushed so far after each one.
 
-    Returns
-    -------
-    list
-        Everything the sinks emitted, in order.
+    Yields
+    ------
+    Everything the sinks emit, in order.
     """
     executor = Executor(graph, resources)
-    results: list[Any] = []
     for count, item in enumerate(items, 1):
-        results.extend(executor.push(item))
+        yield from executor.push(item)
         if on_progress is not None:
             on_progress(count)
-    results.extend(executor.eof())
-    return results
+    yield from executor.eof()
+
+
+def run_offline(
+    graph: Graph,
+    resources: Any,
+    items: Iterable[Any],
+    on_progress: Callable[[int], None] | None = None,
+) -> list[Any]:
+    """:func:`iter_offline` collected into a list."""
+    return list(iter_offline(graph, resources, items, on_progress))

@@ -11,7 +11,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 import numpy as np
 
 from diarflow.audio import SAMPLE_RATE, decode_chunks
-from diarflow.dataflow import StreamingSession, run_offline
+from diarflow.dataflow import StreamingSession, iter_offline
 from diarflow.operators.messages import PcmBytes, PcmSamples, Snapshot
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import PipelineConfig, build_graph
@@ -165,6 +165,12 @@ def _to_s16le(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
 
 
+def _streamed(session: StreamingSession, chunks: Iterable[np.ndarray]) -> Iterator[Any]:
+    for chunk in chunks:
+        yield from session.push(PcmBytes(_to_s16le(chunk)))
+    yield from session.close()
+
+
 def diarize(
     source: str | Path | np.ndarray,
     num_speakers: int | None = None,
@@ -213,7 +219,7 @@ def diarize(
     resources = resources or default_resources()
     uri = uri or (Path(source).stem if not isinstance(source, np.ndarray) else "audio")
     total = 0
-    snapshots: list[Snapshot] = []
+    final: Snapshot | None = None
 
     def counted(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         nonlocal total
@@ -225,11 +231,11 @@ def diarize(
 
     if mode == "offline":
         items = (PcmSamples(c) for c in counted(_chunks_of(source, _OFFLINE_CHUNK_SAMPLES)))
-        snapshots = [m for m in run_offline(graph, resources, items) if isinstance(m, Snapshot)]
+        outputs: Iterable[Any] = iter_offline(graph, resources, items)
     else:
-        session = StreamingSession(graph, resources)
-        for chunk in counted(_chunks_of(source, STREAM_CHUNK_SAMPLES)):
-            snapshots.extend(m for m in session.push(PcmBytes(_to_s16le(chunk))) if isinstance(m, Snapshot))
-        snapshots.extend(m for m in session.close() if isinstance(m, Snapshot))
-    final = snapshots[-1]
+        outputs = _streamed(StreamingSession(graph, resources), counted(_chunks_of(source, STREAM_CHUNK_SAMPLES)))
+    for message in outputs:  # keep only the latest snapshot: memory stays flat however long the input
+        if isinstance(message, Snapshot):
+            final = message
+    assert final is not None and final.final, "the graph emitted no final snapshot"
     return DiarizationResult.from_snapshot(final, uri, total)

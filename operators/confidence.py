@@ -22,6 +22,7 @@ __all__ = ["frame_confidence", "turn_posteriors", "window_posteriors"]
 
 FRAME_SAMPLES = 320  # 20 ms at 16 kHz
 _VAD_WINDOW_SAMPLES = 512
+_BLOCK_FRAMES = 1 << 16  # ~22 min of 20 ms frames per block
 
 
 def window_posteriors(vectors: np.ndarray, labels: np.ndarray, temperature: float = 0.05) -> np.ndarray:
@@ -92,32 +93,39 @@ def frame_confidence(
         uint8 ``(ceil(end_sample / 320),)``.
     """
     num_frames = -(-end_sample // FRAME_SAMPLES)
-    frame_centres = np.arange(num_frames) * FRAME_SAMPLES + FRAME_SAMPLES // 2
-    vad_index = np.minimum(frame_centres // _VAD_WINDOW_SAMPLES, max(len(vad_probabilities) - 1, 0))
-    vad = vad_probabilities[vad_index] if len(vad_probabilities) else np.zeros(num_frames, np.float32)
-    vad_certainty = np.abs(2.0 * vad - 1.0)
-    score = vad_certainty.copy()  # outside speech: how sure the VAD is that this is not speech
-    if len(turns) and len(spans):
+    out = np.empty(num_frames, np.uint8)
+    has_turns = bool(len(turns) and len(spans))
+    if has_turns:
         centres = _window_centres(spans)
         order = np.argsort(centres, kind="stable")
-        own = posteriors[np.arange(len(labels)), labels]  # (n,) posterior of each window's own label
-        starts = np.array([t.start_sample for t in turns])
-        ends = np.array([t.end_sample for t in turns])
-        turn_of_frame = np.searchsorted(starts, frame_centres, side="right") - 1
-        in_speech = (turn_of_frame >= 0) & (frame_centres < ends[np.maximum(turn_of_frame, 0)])
-        frames = np.flatnonzero(in_speech)
-        nearest = order[np.clip(np.searchsorted(centres[order], frame_centres[frames]), 0, len(order) - 1)]
-        speaker_posterior = own[nearest]
-        change_points = [t.start_sample for prev, t in zip(turns, turns[1:])
-                         if prev.speaker != t.speaker and t.start_sample - prev.end_sample < change_span_samples]
-        change_factor = np.ones(len(frames))
-        if change_points:
-            cps = np.array(change_points)
-            idx = np.clip(np.searchsorted(cps, frame_centres[frames]), 1, len(cps)) - 1
-            distance = np.minimum(np.abs(frame_centres[frames] - cps[idx]),
-                                  np.abs(frame_centres[frames] - cps[np.minimum(idx + 1, len(cps) - 1)]))
-            change_factor = 0.5 + 0.5 * np.minimum(distance / change_span_samples, 1.0)
-        short = (ends - starts)[turn_of_frame[frames]] < 16000
-        score[frames] = (speaker_posterior * (0.5 + 0.5 * vad_certainty[frames]) * change_factor
-                         * np.where(short, 0.7, 1.0))
-    return np.clip(np.rint(score * 100), 0, 100).astype(np.uint8)
+        sorted_centres = centres[order]
+        own = posteriors[np.arange(len(labels)), labels][order].astype(np.float32)  # own-label posterior
+        starts = np.array([t.start_sample for t in turns], np.int64)
+        ends = np.array([t.end_sample for t in turns], np.int64)
+        short = (ends - starts) < 16000
+        changes = np.array([t.start_sample for prev, t in zip(turns, turns[1:])
+                            if prev.speaker != t.speaker and t.start_sample - prev.end_sample < change_span_samples],
+                           np.int64)
+    for lo in range(0, num_frames, _BLOCK_FRAMES):  # blocks: memory stays flat for 24 h inputs
+        centre = (np.arange(lo, min(lo + _BLOCK_FRAMES, num_frames), dtype=np.int64) * FRAME_SAMPLES
+                  + FRAME_SAMPLES // 2)
+        if len(vad_probabilities):
+            vad = vad_probabilities[np.minimum(centre // _VAD_WINDOW_SAMPLES, len(vad_probabilities) - 1)]
+        else:
+            vad = np.zeros(len(centre), np.float32)
+        vad_certainty = np.abs(2.0 * vad.astype(np.float32) - 1.0)
+        score = vad_certainty.copy()  # outside speech: how sure the VAD is that this is not speech
+        if has_turns:
+            turn = np.searchsorted(starts, centre, side="right") - 1
+            frames = np.flatnonzero((turn >= 0) & (centre < ends[np.maximum(turn, 0)]))
+            fc = centre[frames]
+            nearest = np.clip(np.searchsorted(sorted_centres, fc), 0, len(sorted_centres) - 1)
+            change_factor = np.ones(len(frames), np.float32)
+            if len(changes):
+                k = np.clip(np.searchsorted(changes, fc), 1, len(changes)) - 1
+                distance = np.minimum(np.abs(fc - changes[k]), np.abs(fc - changes[np.minimum(k + 1, len(changes) - 1)]))
+                change_factor = 0.5 + 0.5 * np.minimum(distance / change_span_samples, 1.0).astype(np.float32)
+            score[frames] = (own[nearest] * (0.5 + 0.5 * vad_certainty[frames]) * change_factor
+                             * np.where(short[turn[frames]], 0.7, 1.0).astype(np.float32))
+        out[lo:lo + len(centre)] = np.clip(np.rint(score * 100), 0, 100).astype(np.uint8)
+    return out
