@@ -77,7 +77,8 @@ async def _wait_running(data_dir: Path, job_id: str, exclude_pid: int | None = N
 
 def _server(data_dir: Path, model_paths: ModelPaths, **jobs: object) -> ServerProcess:
     return ServerProcess(data_dir, env={"DIARFLOW_ALLOW_PRIVATE_URLS": "1", "DIARFLOW_WEBHOOK_SECRET": SECRET},
-                         jobs={"workers": 1, **jobs}, model_dir=str(model_paths.campplus.parent))
+                         jobs={"workers": 1, "rate_limit_get": 100_000, **jobs},
+                         model_dir=str(model_paths.campplus.parent))
 
 
 async def test_restart_mid_job_and_webhook_retry_across_restart(tmp_path: Path, model_paths: ModelPaths,

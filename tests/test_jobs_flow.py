@@ -28,7 +28,8 @@ SECRET = "flow-test-secret"
 def server(tmp_path_factory: pytest.TempPathFactory, model_paths: ModelPaths) -> Iterator[ServerProcess]:
     with ServerProcess(tmp_path_factory.mktemp("jobs-flow"),
                        env={"DIARFLOW_ALLOW_PRIVATE_URLS": "1", "DIARFLOW_WEBHOOK_SECRET": SECRET},
-                       jobs={"workers": 1, "webhook_retry_delays_s": [0.0, 0.3, 0.3]},
+                       jobs={"workers": 1, "webhook_retry_delays_s": [0.0, 0.3, 0.3],
+                             "rate_limit_get": 100_000},  # limits are tested in test_jobs_api
                        model_dir=str(model_paths.campplus.parent)) as proc:
         yield proc
 
