@@ -77,10 +77,19 @@ def job_view(job: Job) -> dict[str, Any]:
     body: dict[str, Any] = {"jobId": job.id, "status": job.status, "createdAt": iso(job.created_at),
                             "updatedAt": iso(job.updated_at)}
     if job.status in TERMINAL:
-        body["output"] = job.output if job.output is not None else {"error": "no output recorded"}
+        body["output"] = job.output if job.output_json is not None else {"error": "no output recorded"}
     elif job.status == "running":
         body["progress"] = float(job.progress or 0.0)
     return body
+
+
+def job_response(job: Job) -> web.Response:
+    """``job_view`` as a response; a stored output is spliced in as text (large outputs are never re-parsed)."""
+    if job.status not in TERMINAL or job.output_json is None:
+        return web.json_response(job_view(job))
+    head = json.dumps({"jobId": job.id, "status": job.status, "createdAt": iso(job.created_at),
+                       "updatedAt": iso(job.updated_at)})
+    return web.Response(body=f'{head[:-1]}, "output": {job.output_json}}}'.encode(), content_type="application/json")
 
 
 Handler = Callable[[web.Request, JobsContext, str], Awaitable[web.StreamResponse]]
@@ -181,7 +190,7 @@ async def identify(request: web.Request, ctx: JobsContext, team: str) -> web.Res
 
 @api("get")
 async def get_job(request: web.Request, ctx: JobsContext, team: str) -> web.Response:
-    return web.json_response(job_view(_visible(ctx, request.match_info["job_id"], team)))
+    return job_response(_visible(ctx, request.match_info["job_id"], team))
 
 
 @api("post")
@@ -190,7 +199,7 @@ async def cancel_job(request: web.Request, ctx: JobsContext, team: str) -> web.R
     if job.status in TERMINAL:
         raise ApiError(409, f"Job already {job.status}; only created or running jobs can be canceled")
     ctx.runner.finish(job, "canceled", {"error": "Job canceled by the client"})
-    return web.json_response(job_view(_visible(ctx, job.id, team)))
+    return job_response(_visible(ctx, job.id, team))
 
 
 @api("get")

@@ -75,7 +75,7 @@ class Job:
     kind: str
     status: str
     params: dict[str, Any]
-    output: dict[str, Any] | None
+    output_json: str | None  # kept as stored text: answering a poll splices it, never re-parses it
     progress: float | None
     attempts: int
     crashes: int
@@ -86,10 +86,14 @@ class Job:
     updated_at: float
     finished_at: float | None
 
+    @property
+    def output(self) -> dict[str, Any] | None:
+        return json.loads(self.output_json) if self.output_json is not None else None
+
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
         return cls(row["id"], row["team"], row["kind"], row["status"], json.loads(row["params"]),
-                   json.loads(row["output"]) if row["output"] is not None else None, row["progress"],
+                   row["output"], row["progress"],
                    row["attempts"], row["crashes"], row["worker_pid"], row["webhook"],
                    bool(row["webhook_status_only"]), row["created_at"], row["updated_at"], row["finished_at"])
 
@@ -197,7 +201,7 @@ class JobStore:
             cur = self._conn.execute(
                 f"UPDATE jobs SET status = ?, output = ?, progress = NULL, updated_at = ?, finished_at = ?"
                 f" WHERE id = ? AND status IN ({marks})",
-                (status, json.dumps(output), now, now, job_id, *from_statuses))
+                (status, json.dumps(output, separators=(",", ":")), now, now, job_id, *from_statuses))
             if cur.rowcount != 1:
                 return False
             row = self._conn.execute("SELECT team, webhook FROM jobs WHERE id = ?", (job_id,)).fetchone()
