@@ -28,7 +28,7 @@ SECRET = "flow-test-secret"
 def server(tmp_path_factory: pytest.TempPathFactory, model_paths: ModelPaths) -> Iterator[ServerProcess]:
     with ServerProcess(tmp_path_factory.mktemp("jobs-flow"),
                        env={"DIARFLOW_ALLOW_PRIVATE_URLS": "1", "DIARFLOW_WEBHOOK_SECRET": SECRET},
-                       jobs={"workers": 1, "webhook_retry_delays_s": [0.0, 0.3, 0.3],
+                       jobs={"workers": 1, "webhook_retry_delays_s": [0.0, 0.3, 0.3], "upload_max_bytes": 8_000_000,
                              "rate_limit_get": 100_000},  # limits are tested in test_jobs_api
                        model_dir=str(model_paths.campplus.parent)) as proc:
         yield proc
@@ -55,6 +55,7 @@ class Files:
         self.app = web.Application()
         self.app.router.add_post("/hook", self.hook)
         self.app.router.add_get("/files/{name}", self.file)
+        self.app.router.add_get("/endless", self.endless)
         self.runner = web.AppRunner(self.app)
         self.port = 0
 
@@ -70,6 +71,18 @@ class Files:
     async def file(self, request: web.Request) -> web.StreamResponse:
         path = self.root / request.match_info["name"]
         return web.FileResponse(path) if path.is_file() else web.Response(status=404)
+
+    async def endless(self, request: web.Request) -> web.StreamResponse:
+        """Chunked, no Content-Length: only counting while streaming can stop it."""
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            for _ in range(64):
+                await response.write(b"\0" * (1 << 20))
+        except (ConnectionResetError, RuntimeError):
+            pass
+        return response
 
     async def hook(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -176,8 +189,11 @@ async def test_webhook_signed_retried_until_success(api: aiohttp.ClientSession, 
 async def test_status_only_webhook_and_bad_inputs(api: aiohttp.ClientSession, files: Files) -> None:
     files.fail_first = 0
     (files.root / "notes.txt").write_text("this is not audio at all\n" * 100)
+    (files.root / "huge.wav").write_bytes(b"\0" * 9_000_000)
     cases = [(files.url("files/notes.txt"), "Could not load audio"),
-             (files.url("files/missing.wav"), "Could not load audio: HTTP 404")]
+             (files.url("files/missing.wav"), "Could not load audio: HTTP 404"),
+             (files.url("files/huge.wav"), "Could not load audio: the file is larger than 8000000 bytes"),
+             (files.url("endless"), "Could not load audio: the file is larger than 8000000 bytes")]
     ids = []
     for url, _ in cases:
         response = await api.post("/v1/diarize", json={"url": url, "webhook": files.url("hook"),
@@ -188,11 +204,11 @@ async def test_status_only_webhook_and_bad_inputs(api: aiohttp.ClientSession, fi
         assert job["status"] == "failed" and job["output"]["error"].startswith(message), job
         assert "/work" not in job["output"]["error"] and "tmp" not in job["output"]["error"]
     for _ in range(50):
-        if len(files.calls) >= 2:
+        if len(files.calls) >= len(ids):
             break
         await asyncio.sleep(0.1)
     bodies = sorted((json.loads(body) for _, body, _ in files.calls), key=lambda b: ids.index(b["jobId"]))
-    assert bodies == [{"jobId": ids[0], "status": "failed"}, {"jobId": ids[1], "status": "failed"}]
+    assert bodies == [{"jobId": job_id, "status": "failed"} for job_id in ids]
 
 
 async def test_cancel_running_job(api: aiohttp.ClientSession, dev_items: list[DevItem]) -> None:
