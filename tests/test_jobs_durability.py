@@ -172,3 +172,14 @@ async def test_outputs_and_media_expire(tmp_path: Path, model_paths: ModelPaths)
             assert (await api.post("/v1/media/output", json={"url": "media://blob.bin"})).status == 404
             assert _row(tmp_path, job_id) == {}
             assert not [p for p in (tmp_path / "media").rglob("*") if p.is_file()]
+
+
+async def test_audio_over_the_length_limit_fails(tmp_path: Path, model_paths: ModelPaths,
+                                                 dev_items: list[DevItem]) -> None:
+    dev06 = next(i for i in dev_items if i.uri == "dev06")
+    with _server(tmp_path, model_paths, max_audio_s=20.0) as server:
+        async with aiohttp.ClientSession(server.url) as api:
+            await upload(api, "media://dev06.flac", dev06.audio_path)
+            job_id = (await (await api.post("/v1/diarize", json={"url": "media://dev06.flac"})).json())["jobId"]
+            job = await wait_for_job(api, job_id, 60)
+    assert job["status"] == "failed" and job["output"] == {"error": "Audio is longer than 20 s"}

@@ -101,3 +101,10 @@ def test_keys_and_teams() -> None:
 def test_address_policy(address: str, refused: bool) -> None:
     assert address_refused(address) is refused
     assert AddressPolicy(allow_private=True).refuses(address) is False
+
+
+def test_length_limit_message() -> None:
+    from diarflow.servers.jobs.worker import _too_long
+
+    assert _too_long(24 * 3600.0) == "Audio is longer than 24 h"
+    assert _too_long(30.0) == "Audio is longer than 30 s"
