@@ -13,7 +13,7 @@ from diarflow.servers.jobs.fetch import AddressPolicy, address_refused
 from diarflow.servers.jobs.keys import KeyRing, parse_api_keys
 from diarflow.servers.jobs.media import UrlSigner
 from diarflow.servers.jobs.ratelimit import RateLimiter
-from diarflow.servers.jobs.voiceprint import decode_voiceprint, encode_voiceprint, identify, similarity_score
+from diarflow.voiceprints import decode_voiceprint, encode_voiceprint, identify, similarity_score
 from diarflow.servers.jobs.webhooks import sign
 
 

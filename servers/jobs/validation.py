@@ -7,7 +7,7 @@ from typing import Any
 from yarl import URL
 
 from diarflow.servers.jobs.media import MEDIA_KEY_RE
-from diarflow.servers.jobs.voiceprint import decode_voiceprint
+from diarflow.voiceprints import decode_voiceprint
 
 __all__ = ["ValidationFailed", "parse_diarize", "parse_identify", "parse_media_key", "parse_voiceprint"]
 

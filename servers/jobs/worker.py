@@ -122,7 +122,7 @@ def run_job(job_id: str, kind: str, input_path: str, params: dict[str, Any], db_
     finally:
         reporter.close()
     if kind == "voiceprint":
-        from diarflow.servers.jobs.voiceprint import encode_voiceprint
+        from diarflow.voiceprints import encode_voiceprint
 
         if not result.speaker_embeddings:
             raise JobFailure("No speech found in the voiceprint audio")
@@ -131,7 +131,7 @@ def run_job(job_id: str, kind: str, input_path: str, params: dict[str, Any], db_
                             turn_level_confidence=bool(params.get("turnLevelConfidence")),
                             exclusive=bool(params.get("exclusive")))
     if kind == "identify":
-        from diarflow.servers.jobs.voiceprint import identify
+        from diarflow.voiceprints import identify
 
         matching = params.get("matching") or {}
         output = identify(output, result.speaker_embeddings, params["voiceprints"],
