@@ -129,6 +129,30 @@ class ClustererState:
     vad_probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # refine only
 
 
+class _GrowingArray:
+    """Rows appended into one buffer that doubles when full: O(1) amortised appends and no heap of
+    small arrays (which fragments memory over a 24 h run)."""
+
+    def __init__(self, initial: np.ndarray) -> None:
+        self._data = initial.copy()
+        self._size = len(initial)
+
+    def append(self, rows: np.ndarray) -> None:
+        needed = self._size + len(rows)
+        if needed > len(self._data):
+            grown = np.empty((max(needed, 2 * len(self._data), 64), *self._data.shape[1:]), self._data.dtype)
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size:needed] = rows
+        self._size = needed
+
+    def view(self) -> np.ndarray:
+        return self._data[: self._size]
+
+    def __len__(self) -> int:
+        return self._size
+
+
 def windows_to_turns(spans: np.ndarray, labels: np.ndarray, utterance_ids: np.ndarray) -> list[SpeakerTurn]:
     """Turns from labelled windows: inside an utterance each sample belongs to the window whose centre
     is nearest (boundaries at midpoints between centres); equal neighbours merge.
@@ -187,10 +211,10 @@ class OnlineClusterer:
         self._labels, self._utterance_ids = state.labels, state.utterance_ids
         self._frozen_turns: list[SpeakerTurn] = list(state.frozen_turns)
         self._utterances, self._end_sample = state.utterances, state.end_sample
-        self._history: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        if len(state.history_spans):
-            self._history.append((state.history_spans, state.history_vectors, state.history_utterance_ids))
-        self._vad: list[np.ndarray] = [state.vad_probabilities] if len(state.vad_probabilities) else []
+        self._history_spans = _GrowingArray(state.history_spans)
+        self._history_vectors = _GrowingArray(state.history_vectors)
+        self._history_utterances = _GrowingArray(state.history_utterance_ids)
+        self._vad = _GrowingArray(state.vad_probabilities)
 
     @staticmethod
     def _centroids(frozen: np.ndarray, vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -229,7 +253,9 @@ class OnlineClusterer:
         self._utterances += 1
         self._end_sample = max(self._end_sample, item.region.end_sample)
         if cfg.refine:
-            self._history.append((new_spans, new_vectors, utterance))
+            self._history_spans.append(new_spans)
+            self._history_vectors.append(new_vectors)
+            self._history_utterances.append(utterance)
         self._evict()
         return [self._view(final=False)]
 
@@ -297,13 +323,13 @@ class OnlineClusterer:
 
     def on_eof(self) -> Sequence[SpeakerTurns]:
         cfg = self.config
-        if not cfg.refine or not self._history:
+        if not cfg.refine or not len(self._history_spans):
             view = self._view(final=True)
             means = self._centroids(self._frozen_sums, self._vectors, self._labels).astype(np.float32)
             return [replace(view, centroids={k: means[k] for k in range(len(means))})]
-        spans = np.concatenate([h[0] for h in self._history])
-        vectors = np.concatenate([h[1] for h in self._history])
-        utterance_ids = np.concatenate([h[2] for h in self._history])
+        spans = self._history_spans.view()
+        vectors = self._history_vectors.view()
+        utterance_ids = self._history_utterances.view()
         min_speakers = cfg.num_speakers or cfg.min_speakers or 1
         max_speakers = cfg.num_speakers or cfg.max_speakers
         labels = cluster_embeddings(vectors, cfg.refine_threshold, min_speakers, max_speakers,
@@ -314,7 +340,7 @@ class OnlineClusterer:
             warnings = (f"asked for {cfg.num_speakers} speakers but the audio only supports {found}",)
         posteriors = window_posteriors(vectors, labels)  # (n, speakers)
         turns = turn_posteriors(windows_to_turns(spans, labels, utterance_ids), spans, posteriors)
-        vad = np.concatenate(self._vad) if self._vad else np.zeros(0, np.float32)
+        vad = self._vad.view()
         end = max(self._end_sample, len(vad) * 512)
         frames = frame_confidence(turns, spans, posteriors, labels, vad, end)
         centroids = {k: _unit(vectors[labels == k].mean(axis=0)) for k in range(found)}
@@ -322,16 +348,8 @@ class OnlineClusterer:
                              centroids)]
 
     def checkpoint(self) -> ClustererState:
-        spans, vectors, utterance_ids = (
-            np.zeros((0, 2), np.int64), np.zeros((0, _DIM), np.float32), np.zeros(0, np.int64))
-        if self._history:
-            spans = np.concatenate([h[0] for h in self._history])
-            vectors = np.concatenate([h[1] for h in self._history])
-            utterance_ids = np.concatenate([h[2] for h in self._history])
-            self._history = [(spans, vectors, utterance_ids)]
-        if len(self._vad) > 1:
-            self._vad = [np.concatenate(self._vad)]
-        vad = self._vad[0] if self._vad else np.zeros(0, np.float32)
+        spans, vectors = self._history_spans.view().copy(), self._history_vectors.view().copy()
+        utterance_ids, vad = self._history_utterances.view().copy(), self._vad.view().copy()
         return ClustererState(self._frozen_sums, self._has_frozen, self._spans, self._vectors, self._labels,
                               self._utterance_ids, tuple(self._frozen_turns), self._utterances,
                               self._end_sample, spans, vectors, utterance_ids, vad)
