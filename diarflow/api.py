@@ -10,7 +10,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 
 import numpy as np
 
-from diarflow.audio import SAMPLE_RATE, decode_chunks
+from diarflow.audio import SAMPLE_RATE, decode_chunks, to_s16le
 from diarflow.dataflow import StreamingSession, iter_offline
 from diarflow.operators.messages import PcmBytes, PcmSamples, Snapshot
 from diarflow.operators.models import Resources
@@ -161,13 +161,9 @@ def _chunks_of(source: str | Path | np.ndarray, chunk_samples: int) -> Iterator[
         yield from decode_chunks(source, chunk_samples)
 
 
-def _to_s16le(samples: np.ndarray) -> bytes:
-    return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
-
-
 def _streamed(session: StreamingSession, chunks: Iterable[np.ndarray]) -> Iterator[Any]:
     for chunk in chunks:
-        yield from session.push(PcmBytes(_to_s16le(chunk)))
+        yield from session.push(PcmBytes(to_s16le(chunk)))
     yield from session.close()
 
 

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["AudioDecodeError", "decode_chunks", "probe_duration_s"]
+__all__ = ["AudioDecodeError", "decode_chunks", "probe_duration_s", "to_s16le"]
 
 SAMPLE_RATE = 16000
 
@@ -75,3 +75,8 @@ def probe_duration_s(path: str | Path) -> float | None:
     except (av.error.FFmpegError, OSError):
         return None
     return None
+
+
+def to_s16le(samples: np.ndarray) -> bytes:
+    """float32 ``(n,)`` samples in [-1, 1] to little-endian signed 16-bit PCM bytes (clipped)."""
+    return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()

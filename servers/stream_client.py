@@ -62,10 +62,9 @@ class StreamOutcome:
 
 def file_frames(path: str | Path, frame_bytes: int = FRAME_BYTES) -> list[bytes]:
     """Decode any audio/video file to 16 kHz mono s16le frames of ``frame_bytes`` (the last may be shorter)."""
-    from diarflow.api import _to_s16le
-    from diarflow.audio import decode_chunks
+    from diarflow.audio import decode_chunks, to_s16le
 
-    return [_to_s16le(chunk) for chunk in decode_chunks(path, frame_bytes // 2)]
+    return [to_s16le(chunk) for chunk in decode_chunks(path, frame_bytes // 2)]
 
 
 def _with_token(url: str, token: str | None) -> str:

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import diarflow
-from diarflow.api import DiarizationResult, _to_s16le
+from diarflow.api import DiarizationResult
+from diarflow.audio import to_s16le
 from diarflow.audio import AudioDecodeError, decode_chunks
 from diarflow.dataflow import StreamingSession
 from diarflow.evaluation import DevItem, Turn, diarization_error_rate, read_rttm
@@ -78,7 +79,7 @@ def test_outputs_rttm_json_arrow(clip: np.ndarray, resources: Resources) -> None
 def test_random_chunkings_give_the_same_streaming_result(
     clip: np.ndarray, resources: Resources, chunk_bytes: list[int]
 ) -> None:
-    payload = _to_s16le(clip[: 16000 * 20])
+    payload = to_s16le(clip[: 16000 * 20])
     reference = _stream(payload, [6400], resources)
     assert _stream(payload, chunk_bytes, resources) == reference
 
@@ -95,7 +96,7 @@ def _stream(payload: bytes, sizes: list[int], resources: Resources) -> tuple[tup
 
 
 def test_resumed_session_equals_uninterrupted(clip: np.ndarray, resources: Resources) -> None:
-    payload = _to_s16le(clip[: 16000 * 30])
+    payload = to_s16le(clip[: 16000 * 30])
     chunks = [payload[i:i + 6400] for i in range(0, len(payload), 6400)]
     graph = build_graph()
     straight = StreamingSession(graph, resources)
@@ -111,7 +112,7 @@ def test_resumed_session_equals_uninterrupted(clip: np.ndarray, resources: Resou
 
 def test_concurrent_sessions_stay_isolated(clip: np.ndarray, dev02: DevItem, resources: Resources) -> None:
     other, _ = sf.read(dev02.audio_path, dtype="float32", frames=16000 * 30)
-    inputs = {"a": _to_s16le(clip[: 16000 * 30]), "b": _to_s16le(other)}
+    inputs = {"a": to_s16le(clip[: 16000 * 30]), "b": to_s16le(other)}
     alone = {k: _stream(v, [6400], resources) for k, v in inputs.items()}
     together: dict[str, tuple[tuple[int, int, int], ...]] = {}
     threads = [threading.Thread(target=lambda k=k: together.__setitem__(k, _stream(inputs[k], [6400], resources)))

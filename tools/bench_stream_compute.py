@@ -15,7 +15,7 @@ import time
 import numpy as np
 import soundfile as sf
 
-from diarflow.api import _to_s16le
+from diarflow.audio import to_s16le
 from diarflow.dataflow import StreamingSession
 from diarflow.evaluation import load_dev_items
 from diarflow.operators.messages import PcmBytes, Snapshot
@@ -33,7 +33,7 @@ def main() -> None:
     utterance_ms: list[float] = []
     for item in load_dev_items():
         audio, _ = sf.read(item.audio_path, dtype="float32")
-        payload = _to_s16le(audio)
+        payload = to_s16le(audio)
         session = StreamingSession(graph, resources)
         for lo in range(0, len(payload), 6400):
             started = time.perf_counter()
