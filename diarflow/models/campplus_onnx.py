@@ -25,11 +25,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from .registry import CAMPPLUS_BUILDER_VERSION
+
 __all__ = ["build_campplus_onnx", "EMBEDDING_DIM", "NUM_MEL_BINS", "BUILDER_VERSION"]
 
 EMBEDDING_DIM = 192
 NUM_MEL_BINS = 80
-BUILDER_VERSION = 3
+BUILDER_VERSION = CAMPPLUS_BUILDER_VERSION
 _BN_EPS = 1e-5
 _SEGMENT_FRAMES = 100
 _OPSET = 17

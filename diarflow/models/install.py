@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Sequence
 
-from .registry import CAMPPLUS, CAMPPLUS_WEIGHTS, MODELS, SILERO_VAD, ModelSpec, WheelSource
+from .registry import CAMPPLUS, CAMPPLUS_BUILDER_VERSION, CAMPPLUS_WEIGHTS, MODELS, SILERO_VAD, ModelSpec, WheelSource
 
 __all__ = [
     "ModelProvisioningError",
@@ -169,9 +169,8 @@ def _check(spec: ModelSpec, model_dir: Path, manifest: dict[str, dict[str, objec
 
 
 def _build_is_current(entry: dict[str, object]) -> bool:
-    from .campplus_onnx import BUILDER_VERSION
-
-    return entry.get("built_from_sha256") == CAMPPLUS_WEIGHTS.sha256 and entry.get("builder_version") == BUILDER_VERSION
+    return (entry.get("built_from_sha256") == CAMPPLUS_WEIGHTS.sha256
+            and entry.get("builder_version") == CAMPPLUS_BUILDER_VERSION)
 
 
 def verify_models(model_dir: Path | None = None) -> list[ModelStatus]:

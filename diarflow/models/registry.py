@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["WheelSource", "ModelSpec", "SILERO_VAD", "CAMPPLUS_WEIGHTS", "CAMPPLUS", "MODELS"]
+__all__ = ["WheelSource", "ModelSpec", "SILERO_VAD", "CAMPPLUS_WEIGHTS", "CAMPPLUS", "CAMPPLUS_BUILDER_VERSION", "MODELS"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,9 @@ CAMPPLUS_WEIGHTS = ModelSpec(
         upstream="3D-Speaker CAM++ speech_campplus_sv_zh_en_16k-common_advanced (arXiv:2303.00332)",
     ),
 )
+
+# bump when campplus_onnx builds a different graph: cached builds of older versions are rebuilt
+CAMPPLUS_BUILDER_VERSION = 3
 
 CAMPPLUS = ModelSpec(
     name="campplus",
