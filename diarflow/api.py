@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from diarflow.audio import SAMPLE_RATE, decode_chunks, to_s16le
 from diarflow.dataflow import StreamingSession, iter_offline
@@ -19,7 +20,7 @@ from diarflow.operators.pipeline import PipelineConfig, build_graph
 __all__ = ["DiarizationResult", "Segment", "diarize", "default_resources", "STREAM_CHUNK_SAMPLES"]
 
 STREAM_CHUNK_SAMPLES = 3200  # 200 ms: the live endpoint's recommended frame
-_OFFLINE_CHUNK_SAMPLES = 60 * SAMPLE_RATE  # large chunks: VAD sub-streams and model calls batch
+_OFFLINE_CHUNK_SAMPLES = 240 * SAMPLE_RATE  # large chunks: VAD sub-streams and model calls batch
 _resources: Resources | None = None  # loaded on first use, shared by every call in this process
 _resources_lock = threading.Lock()
 
@@ -208,9 +209,9 @@ def diarize(
     """
     if mode not in ("offline", "stream"):
         raise ValueError(f"mode must be 'offline' or 'stream', got {mode!r}")
-    config = config or PipelineConfig()
+    config = (config or PipelineConfig()).for_mode(mode)
     clustering = replace(config.clustering, num_speakers=num_speakers, min_speakers=min_speakers,
-                         max_speakers=max_speakers, refine=(mode == "offline"))
+                         max_speakers=max_speakers)
     graph = build_graph(replace(config, clustering=clustering))
     resources = resources or default_resources()
     uri = uri or (Path(source).stem if not isinstance(source, np.ndarray) else "audio")
@@ -230,8 +231,10 @@ def diarize(
         outputs: Iterable[Any] = iter_offline(graph, resources, items)
     else:
         outputs = _streamed(StreamingSession(graph, resources), counted(_chunks_of(source, STREAM_CHUNK_SAMPLES)))
-    for message in outputs:  # keep only the latest snapshot: memory stays flat however long the input
-        if isinstance(message, Snapshot):
-            final = message
+    # the models' threads are the parallelism: a multi-threaded BLAS would spin on the same cores
+    with threadpool_limits(limits=1, user_api="blas"):
+        for message in outputs:  # keep only the latest snapshot: memory stays flat however long the input
+            if isinstance(message, Snapshot):
+                final = message
     assert final is not None and final.final, "the graph emitted no final snapshot"
     return DiarizationResult.from_snapshot(final, uri, total)

@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from .confidence import frame_confidence, turn_posteriors, window_posteriors
-from .global_clustering import cluster_embeddings
+from .global_clustering import cluster_embeddings, label_sums
 from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
 
 __all__ = ["OnlineClusterer", "OnlineClustererConfig", "ClustererState", "SpeakerTurns", "windows_to_turns"]
@@ -218,8 +218,7 @@ class OnlineClusterer:
 
     @staticmethod
     def _centroids(frozen: np.ndarray, vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        sums = frozen.astype(np.float64)
-        np.add.at(sums, labels, vectors)
+        sums = frozen.astype(np.float64) + label_sums(labels, vectors, len(frozen))
         return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)  # (speakers, 192)
 
     def on_item(self, item: UtteranceEmbeddings | VadProbabilities) -> Sequence[SpeakerTurns]:
@@ -303,9 +302,8 @@ class OnlineClusterer:
         leaving = np.isin(ids, leaving_ids)
         if not leaving.any():
             return
-        frozen = self._frozen_sums.copy()
-        np.add.at(frozen, self._labels[leaving], self._vectors[leaving])
-        self._frozen_sums = frozen
+        self._frozen_sums = (self._frozen_sums + label_sums(self._labels[leaving], self._vectors[leaving],
+                                                           len(self._frozen_sums))).astype(np.float32)
         self._has_frozen = self._has_frozen.copy()
         self._has_frozen[np.unique(self._labels[leaving])] = True
         self._frozen_turns.extend(windows_to_turns(self._spans[leaving], self._labels[leaving], ids[leaving]))

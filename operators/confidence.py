@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .global_clustering import label_sums
 from .messages import SpeakerTurn
 
 __all__ = ["frame_confidence", "turn_posteriors", "window_posteriors"]
@@ -36,8 +37,7 @@ def window_posteriors(vectors: np.ndarray, labels: np.ndarray, temperature: floa
         int ``(n,)`` final speaker of each window (0..k-1); defines the centroids.
     """
     k = int(labels.max()) + 1 if len(labels) else 0
-    sums = np.zeros((k, vectors.shape[1]), np.float64)
-    np.add.at(sums, labels, vectors)
+    sums = label_sums(labels, vectors, k)
     centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
     logits = (vectors @ centroids.T) / temperature  # (n, k)
     logits -= logits.max(axis=1, keepdims=True)

@@ -1,7 +1,7 @@
 """Read-only model runtimes shared by every session: Silero VAD and CAM++ on onnxruntime.
 
-Both wrappers hold only an ``onnxruntime.InferenceSession`` (thread-safe for concurrent ``run`` calls)
-and constants. Recurrent VAD state lives in the caller's :class:`VadState`, so one loaded model serves
+Both wrappers hold only ``onnxruntime.InferenceSession`` objects (thread-safe for concurrent ``run``
+calls) and constants. Recurrent VAD state lives in the caller's :class:`VadState`, so one loaded model serves
 any number of sessions without them seeing each other.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -28,12 +28,15 @@ __all__ = [
 ]
 
 SAMPLE_RATE = 16000
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 VAD_WINDOW_SAMPLES = 512  # 32 ms at 16 kHz: the window Silero v5+ is trained on
-_VAD_CONTEXT_SAMPLES = 64  # tail of the previous window prepended to each call
+_VAD_CONTEXT_SAMPLES = 64  # tail of the previous window prepended to each window
+_MIN_PARALLEL_WINDOWS = 256  # below this, one encoder call beats splitting it over threads
 EMBEDDING_DIM = 192
 
 
-def make_session(path: Path | str, intra_op_threads: int = 1) -> ort.InferenceSession:
+def make_session(path: Path | str | bytes, intra_op_threads: int = 1) -> ort.InferenceSession:
     """An onnxruntime CPU session; one intra-op thread without spinning suits many concurrent callers."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
@@ -42,7 +45,8 @@ def make_session(path: Path | str, intra_op_threads: int = 1) -> ort.InferenceSe
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 @dataclass
@@ -61,10 +65,6 @@ class VadModel(Protocol):
 
     def speech_probabilities(self, windows: np.ndarray, state: VadState) -> tuple[np.ndarray, VadState]: ...
 
-    def speech_probabilities_many(
-        self, streams: Sequence[tuple[np.ndarray, VadState]]
-    ) -> list[tuple[np.ndarray, VadState]]: ...
-
 
 class SpeakerEmbedder(Protocol):
     """What embedding operators need from a model (fakes implement this in unit tests)."""
@@ -73,13 +73,24 @@ class SpeakerEmbedder(Protocol):
 
     def embed_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
+    def frame_features(self, fbank: np.ndarray) -> np.ndarray: ...
+
+    def pool(self, frames: np.ndarray, ranges: np.ndarray) -> np.ndarray: ...
+
+    def map(self, function: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]: ...
+
 
 class SileroVadModel:
-    """Silero VAD v6 (ONNX) at 16 kHz, one 512-sample window per call, state carried by the caller."""
+    """Silero VAD v6 (ONNX) at 16 kHz, split in two (see :mod:`diarflow.models.silero_split`): the
+    stateless encoder runs on all windows of a call in one batch (in parallel when given a pool), then
+    one sequence LSTM carries the caller's state through them. Exactly the per-window model, faster."""
 
     def __init__(self, path: Path | str, intra_op_threads: int = 1, pool: ThreadPoolExecutor | None = None) -> None:
-        self._session = make_session(path, intra_op_threads)
-        self._sample_rate = np.array(SAMPLE_RATE, dtype=np.int64)
+        from diarflow.models.silero_split import split_silero_vad
+
+        encoder, recurrence = split_silero_vad(path)
+        self._encoder = make_session(encoder, intra_op_threads)
+        self._recurrence = make_session(recurrence, intra_op_threads)
         self._pool = pool
 
     def speech_probabilities(self, windows: np.ndarray, state: VadState) -> tuple[np.ndarray, VadState]:
@@ -100,68 +111,24 @@ class SileroVadModel:
         windows = np.asarray(windows, dtype=np.float32)
         if windows.ndim != 2 or windows.shape[1] != VAD_WINDOW_SAMPLES:
             raise ValueError(f"expected windows of shape (n, {VAD_WINDOW_SAMPLES}), got {windows.shape}")
-        probabilities = np.empty(len(windows), dtype=np.float32)
-        lstm, context = state.lstm, state.context
-        buffer = np.empty((1, _VAD_CONTEXT_SAMPLES + VAD_WINDOW_SAMPLES), dtype=np.float32)
-        for i, window in enumerate(windows):
-            buffer[0, :_VAD_CONTEXT_SAMPLES] = context
-            buffer[0, _VAD_CONTEXT_SAMPLES:] = window
-            out, lstm = self._session.run(None, {"input": buffer, "state": lstm, "sr": self._sample_rate})
-            probabilities[i] = out[0, 0]
-            context = window[-_VAD_CONTEXT_SAMPLES:]
-        return probabilities, VadState(lstm, context.copy())
+        if len(windows) == 0:
+            return np.zeros(0, np.float32), state
+        rows = np.empty((len(windows), _VAD_CONTEXT_SAMPLES + VAD_WINDOW_SAMPLES), np.float32)
+        rows[:, _VAD_CONTEXT_SAMPLES:] = windows  # each row: the previous window's tail, then the window
+        rows[0, :_VAD_CONTEXT_SAMPLES] = state.context
+        rows[1:, :_VAD_CONTEXT_SAMPLES] = windows[:-1, -_VAD_CONTEXT_SAMPLES:]
+        if self._pool is not None and len(rows) >= 2 * _MIN_PARALLEL_WINDOWS:
+            halves = np.array_split(rows, 2)
+            features = np.concatenate(list(self._pool.map(self._encode, halves)))
+        else:
+            features = self._encode(rows)
+        probabilities, h, c = self._recurrence.run(
+            None, {"features": features[:, None, :], "h0": state.lstm[0:1], "c0": state.lstm[1:2]})
+        return probabilities, VadState(np.concatenate([h, c]), windows[-1, -_VAD_CONTEXT_SAMPLES:].copy())
 
-    def speech_probabilities_many(
-        self, streams: Sequence[tuple[np.ndarray, VadState]]
-    ) -> list[tuple[np.ndarray, VadState]]:
-        """:meth:`speech_probabilities` of independent streams, batched (one model call per step).
-
-        Parameters
-        ----------
-        streams
-            ``(windows (n_i, 512), state)`` per stream; lengths may differ.
-
-        Returns
-        -------
-        list
-            ``(probabilities (n_i,), state after the stream's last window)`` per stream, in order.
-        """
-        if len(streams) <= 1 or self._pool is None:
-            return self._batched(streams)
-        halves = [list(streams[: len(streams) // 2]), list(streams[len(streams) // 2:])]
-        first, second = self._pool.map(self._batched, halves)
-        return first + second
-
-    def _batched(self, streams: Sequence[tuple[np.ndarray, VadState]]) -> list[tuple[np.ndarray, VadState]]:
-        if not streams:
-            return []
-        count = len(streams)
-        lengths = [len(w) for w, _ in streams]
-        steps = max(lengths)
-        lstm = np.concatenate([st.lstm for _, st in streams], axis=1)  # (2, count, 128)
-        buffer = np.zeros((count, _VAD_CONTEXT_SAMPLES + VAD_WINDOW_SAMPLES), np.float32)
-        buffer[:, :_VAD_CONTEXT_SAMPLES] = np.stack([st.context for _, st in streams])
-        padded = np.zeros((count, steps, VAD_WINDOW_SAMPLES), np.float32)  # (streams, steps, 512)
-        for i, (windows, _) in enumerate(streams):
-            padded[i, : len(windows)] = windows
-        probabilities = np.empty((count, steps), np.float32)
-        final_lstm = np.empty_like(lstm)
-        for t in range(steps):
-            buffer[:, _VAD_CONTEXT_SAMPLES:] = padded[:, t]
-            out, lstm = self._session.run(None, {"input": buffer, "state": lstm, "sr": self._sample_rate})
-            probabilities[:, t] = out[:, 0]
-            buffer[:, :_VAD_CONTEXT_SAMPLES] = padded[:, t, -_VAD_CONTEXT_SAMPLES:]
-            for i in np.flatnonzero(np.asarray(lengths) == t + 1).tolist():
-                final_lstm[:, i] = lstm[:, i]
-        results = []
-        for i, (windows, state) in enumerate(streams):
-            if len(windows) == 0:
-                results.append((np.zeros(0, np.float32), state))
-                continue
-            context = windows[-1, -_VAD_CONTEXT_SAMPLES:].copy()
-            results.append((probabilities[i, : len(windows)].copy(),
-                            VadState(final_lstm[:, i:i + 1].copy(), context)))
-        return results
+    def _encode(self, rows: np.ndarray) -> np.ndarray:
+        (features,) = self._encoder.run(None, {"input": rows})
+        return features  # (n, 128)
 
 
 class SpeakerEmbeddingModel:
@@ -174,6 +141,10 @@ class SpeakerEmbeddingModel:
     def __init__(self, path: Path | str, intra_op_threads: int = 1, pool: ThreadPoolExecutor | None = None) -> None:
         self._session = make_session(path, intra_op_threads)
         self._pool = pool
+        weight, bias = self._session.run(["pooling_weight", "pooling_bias"],
+                                         {"fbank": np.zeros((1, 3, 80), np.float32)})
+        self._pooling_weight = weight.astype(np.float64)  # (1024, 192)
+        self._pooling_bias = bias.astype(np.float64)  # (192,)
 
     def embed(self, fbank: np.ndarray) -> np.ndarray:
         """Embed a batch of equal-length feature windows.
@@ -194,7 +165,7 @@ class SpeakerEmbeddingModel:
             raise ValueError(f"expected fbank of shape (batch, frames>=3, 80), got {fbank.shape}")
         if fbank.shape[0] == 0:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
-        (embeddings,) = self._session.run(None, {"fbank": fbank})
+        (embeddings,) = self._session.run(["embedding"], {"fbank": fbank})
         return embeddings
 
     def embed_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -203,6 +174,64 @@ class SpeakerEmbeddingModel:
         if self._pool is None or len(batches) <= 1:
             return [self.embed(b) for b in batches]
         return list(self._pool.map(self.embed, batches))
+
+    def frame_features(self, fbank: np.ndarray) -> np.ndarray:
+        """The frame features that statistics pooling averages, for one mean-normalised piece.
+
+        Parameters
+        ----------
+        fbank
+            float32 ``(frames, 80)``, frames >= 3.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(ceil(frames / 2), 512)``; row ``t`` is centred on input frame ``2 t``.
+        """
+        fbank = np.ascontiguousarray(fbank, dtype=np.float32)
+        if fbank.ndim != 2 or fbank.shape[1] != 80 or fbank.shape[0] < 3:
+            raise ValueError(f"expected fbank of shape (frames>=3, 80), got {fbank.shape}")
+        (frames,) = self._session.run(["frames"], {"fbank": fbank[None]})
+        return frames[0]
+
+    def pool(self, frames: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+        """Embeddings of frame ranges: mean and unbiased standard deviation over each range, then the
+        network's final affine layer (``embed`` of a window equals ``pool`` over all its frames).
+
+        Parameters
+        ----------
+        frames
+            float32 ``(T, 512)`` from :meth:`frame_features` (pieces may be concatenated).
+        ranges
+            int ``(n, 2)``: half-open ``[t0, t1)`` rows of ``frames``, ``t1 - t0 >= 2``.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(n, 192)``, not length-normalised.
+        """
+        ranges = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+        if len(ranges) and (ranges[:, 0].min() < 0 or ranges[:, 1].max() > len(frames)
+                            or (ranges[:, 1] - ranges[:, 0]).min() < 2):
+            raise ValueError(f"ranges must lie in [0, {len(frames)}] and span >= 2 frames")
+        x = frames.astype(np.float64)
+        sums = np.zeros((len(x) + 1, x.shape[1]))  # running sums: any range's moments in O(1)
+        squares = np.zeros_like(sums)
+        np.cumsum(x, axis=0, out=sums[1:])
+        np.cumsum(x * x, axis=0, out=squares[1:])
+        t0, t1 = ranges[:, 0], ranges[:, 1]
+        count = (t1 - t0)[:, None].astype(np.float64)
+        mean = (sums[t1] - sums[t0]) / count
+        variance = np.maximum((squares[t1] - squares[t0]) - count * mean * mean, 0.0) / (count - 1)
+        stats = np.concatenate([mean, np.sqrt(variance)], axis=1)  # (n, 1024)
+        return (stats @ self._pooling_weight + self._pooling_bias).astype(np.float32)
+
+    def map(self, function: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+        """``[function(item) for item in items]``, on the model's threads when it was given a pool
+        (for work that wraps model calls in NumPy: features before, pooling after)."""
+        if self._pool is None or len(items) <= 1:
+            return [function(item) for item in items]
+        return list(self._pool.map(function, items))
 
 
 @dataclass(frozen=True)

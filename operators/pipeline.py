@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from diarflow.dataflow import Graph, GraphBuilder
 
@@ -32,6 +33,16 @@ class PipelineConfig:
     embedding: EmbeddingExtractorConfig = field(default_factory=EmbeddingExtractorConfig)
     clustering: OnlineClustererConfig = field(default_factory=OnlineClustererConfig)
     snapshots: SnapshotEmitterConfig = field(default_factory=SnapshotEmitterConfig)
+
+    def for_mode(self, mode: Literal["offline", "stream"]) -> PipelineConfig:
+        """This config with the switches of a driver mode set: ``"offline"`` turns on shared embedding
+        passes over whole utterances and the global re-clustering at end of input; ``"stream"``
+        turns both off (results after every utterance)."""
+        if mode not in ("offline", "stream"):
+            raise ValueError(f"mode must be 'offline' or 'stream', got {mode!r}")
+        offline = mode == "offline"
+        return replace(self, embedding=replace(self.embedding, shared_passes=offline),
+                       clustering=replace(self.clustering, refine=offline))
 
 
 def build_graph(config: PipelineConfig | None = None) -> Graph:

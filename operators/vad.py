@@ -35,13 +35,9 @@ class SileroVadConfig:
     max_utterance_samples
         An utterance is cut and a new one opened at this length (15 s), so that results keep
         flowing while someone talks on.
-    parallel_min_windows
-        Frames of at least this many windows (offline chunks; default 10 s) are cut into segments of
-        at least ``parallel_min_windows // 2`` windows that run as independent, batched streams; each
-        segment but the first starts from a fresh state warmed up on the ``warmup_windows`` windows
-        (2 s) before it. The recurrent state forgets within a fraction of a second, so probabilities
-        match the sequential run closely (see tests), while the model runs 3-4x faster on two cores.
-        Small streaming frames never reach this size and stay exactly sequential.
+
+    Frames of any size give the same probabilities: a 200 ms streaming frame and a 4 min offline
+    chunk both run the model over their windows in one sequence carrying the same state.
     """
 
     threshold: float = 0.5
@@ -50,8 +46,6 @@ class SileroVadConfig:
     min_silence_samples: int = 4000
     pad_samples: int = 480
     max_utterance_samples: int = 240_000
-    parallel_min_windows: int = 312
-    warmup_windows: int = 64
 
     input_types: ClassVar[tuple[type, ...]] = (PcmFrame,)
     output_types: ClassVar[tuple[type, ...]] = (PcmFrame, SpeechStart, SpeechRegion, VadProbabilities)
@@ -67,9 +61,6 @@ class SileroVadConfig:
         if self.max_utterance_samples < max(self.min_speech_samples, 2 * VAD_WINDOW_SAMPLES):
             raise ValueError(f"max_utterance_samples must be >= min_speech_samples and >= 1024, "
                              f"got {self.max_utterance_samples}")
-        if self.parallel_min_windows < 2 * self.warmup_windows or self.warmup_windows < 0:
-            raise ValueError("expected 0 <= warmup_windows and parallel_min_windows >= 2 * warmup_windows, got "
-                             f"{self.warmup_windows} and {self.parallel_min_windows}")
         if self.pad_samples > self.min_silence_samples:
             raise ValueError("pad_samples must not exceed min_silence_samples (the padded end must be "
                              f"audio already seen), got {self.pad_samples} > {self.min_silence_samples}")
@@ -125,26 +116,12 @@ class SileroVad:
         out: list[Any] = [item]
         if num_windows:
             windows = audio[: num_windows * VAD_WINDOW_SAMPLES].reshape(num_windows, VAD_WINDOW_SAMPLES)
-            probabilities, vad_state = self._probabilities(windows, VadState(s.lstm, s.context))
+            probabilities, vad_state = self._model.speech_probabilities(windows, VadState(s.lstm, s.context))
             self._s = replace(s, lstm=vad_state.lstm, context=vad_state.context)
             out.append(VadProbabilities(s.next_window_sample, probabilities))
             out.extend(self._decide(probabilities))
         self._s = replace(self._s, leftover=audio[num_windows * VAD_WINDOW_SAMPLES:].copy())
         return out
-
-    def _probabilities(self, windows: np.ndarray, state: VadState) -> tuple[np.ndarray, VadState]:
-        cfg = self.config
-        n = len(windows)
-        if n < cfg.parallel_min_windows:
-            return self._model.speech_probabilities(windows, state)
-        segments = max(2, min(16, n // (cfg.parallel_min_windows // 2)))
-        bounds = np.linspace(0, n, segments + 1).astype(int)
-        streams = [(windows[: bounds[1]], state)]
-        for lo, hi in zip(bounds[1:-1], bounds[2:]):
-            streams.append((windows[lo - cfg.warmup_windows: hi], VadState()))
-        results = self._model.speech_probabilities_many(streams)
-        parts = [results[0][0]] + [p[cfg.warmup_windows:] for p, _ in results[1:]]
-        return np.concatenate(parts), results[-1][1]
 
     def _decide(self, probabilities: np.ndarray) -> list[Any]:
         cfg, s = self.config, self._s

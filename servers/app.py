@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import AsyncIterator, Mapping
 
 from aiohttp import web
+from threadpoolctl import threadpool_limits
 
 from diarflow import __version__
 from diarflow.operators.models import Resources
@@ -88,5 +89,7 @@ def run_server(settings: ServerSettings) -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM close open connections cleanly)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("diarflow %s listening on http://%s:%d", __version__, settings.host, settings.port)
+    # sessions run in parallel on the model threads; a multi-threaded BLAS would spin on the same cores
+    threadpool_limits(limits=1, user_api="blas")
     web.run_app(make_app(settings), host=settings.host, port=settings.port, print=None,
                 access_log=None, shutdown_timeout=10.0)

@@ -103,3 +103,44 @@ def test_channels_first_and_last_builds_agree(model_paths: ModelPaths, tmp_path)
     last = SpeakerEmbeddingModel(model_paths.campplus)
     feats = np.random.default_rng(3).standard_normal((3, 260, 80)).astype(np.float32)  # 3 pooling segments
     np.testing.assert_allclose(first.embed(feats), last.embed(feats), atol=2e-4)
+
+
+def test_pooling_all_frames_equals_the_embedding(embedder: SpeakerEmbeddingModel) -> None:
+    """``embedding = [mean, std](frames) @ W + b``: pooling a whole pass reproduces the model's output."""
+    for frames in (3, 150, 233):
+        feats = np.random.default_rng(frames).standard_normal((frames, 80)).astype(np.float32)
+        features = embedder.frame_features(feats)
+        assert features.shape == ((frames + 1) // 2, 512)
+        pooled = embedder.pool(features, np.array([[0, len(features)]]))[0]
+        np.testing.assert_allclose(pooled, embedder.embed(feats[None])[0], atol=1e-4)
+
+
+def test_pooled_windows_match_window_passes_on_speech(embedder: SpeakerEmbeddingModel,
+                                                      dev_items: list[DevItem]) -> None:
+    """Windows pooled from one pass over 2 s pieces stay close to passes over each window alone, and
+    still tell two speakers apart (the approximation the offline shared passes rely on)."""
+    fbank = Fbank()
+    cuts, speakers = speaker_cuts([i for i in dev_items if i.uri in ("dev01", "dev03")], 3.0, max_per_speaker=4)
+    assert len(set(speakers)) >= 3
+    pooled, alone = [], []
+    for samples in cuts:  # 3 s of one speaker each
+        feats = fbank.compute(samples)  # (frames, 80)
+        half = len(feats) // 2 // 2 * 2
+        pieces = [feats[:half], feats[half:]]
+        frames = np.concatenate([embedder.frame_features(p - p.mean(axis=0)) for p in pieces])
+        window = fbank.config.num_frames(24_000)  # a 1.5 s window straddling the two pieces
+        f0 = half - window // 2 // 2 * 2
+        pooled.append(embedder.pool(frames, np.array([[f0 // 2, (f0 + window + 1) // 2]]))[0])
+        alone.append(embedder.embed(fbank.compute_normalised(samples[f0 * 160: f0 * 160 + 24_000])[None])[0])
+    agreement = [_cosine(a, b) for a, b in zip(pooled, alone)]
+    assert np.median(agreement) > 0.85, agreement
+    same = [_cosine(pooled[i], pooled[j]) for i in range(len(cuts)) for j in range(i) if speakers[i] == speakers[j]]
+    other = [_cosine(pooled[i], pooled[j]) for i in range(len(cuts)) for j in range(i) if speakers[i] != speakers[j]]
+    assert np.mean(same) > np.mean(other) + 0.2
+
+
+def test_pooling_refuses_bad_ranges(embedder: SpeakerEmbeddingModel) -> None:
+    features = embedder.frame_features(np.zeros((20, 80), np.float32))
+    for bad in ([[0, 1]], [[-1, 5]], [[0, 11]]):
+        with pytest.raises(ValueError, match="ranges"):
+            embedder.pool(features, np.array(bad))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from diarflow.operators.clustering import OnlineClustererConfig, windows_to_turns
+from diarflow.operators.global_clustering import label_sums
 from diarflow.operators.messages import SpeakerEmbedding, SpeechRegion, UtteranceEmbeddings
 from diarflow.operators.snapshots import SnapshotEmitterConfig
 
@@ -127,3 +128,15 @@ def test_global_clustering_scales_without_a_dense_matrix() -> None:
         assert len(np.unique(labels[truth == k])) == 1
     fixed = cluster_embeddings(vectors, 0.72, min_speakers=3, max_speakers=3, max_direct=2000)
     assert fixed.max() + 1 == 3
+
+
+def test_label_sums_equal_a_plain_loop() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((500, 192)).astype(np.float32)
+    labels = rng.integers(0, 7, 500)
+    expected = np.zeros((9, 192))
+    for label, vector in zip(labels, vectors):
+        expected[label] += vector
+    got = label_sums(labels, vectors, 9)
+    assert got.shape == (9, 192) and not got[7:].any()
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)

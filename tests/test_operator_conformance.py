@@ -53,15 +53,27 @@ def _replay(op: Any, events: list[Event]) -> list[Event]:
     return out
 
 
+MODES = ["stream", "offline"]  # the two drivers' configs: offline adds shared passes and re-clustering
+
+
+def _graph(mode: str) -> Any:
+    return build_graph(PipelineConfig().for_mode(mode))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def operator_inputs(resources: Resources, dev_items: list[DevItem]) -> dict[str, list[Event]]:
+def operator_inputs(resources: Resources, dev_items: list[DevItem], mode: str) -> dict[str, list[Event]]:
     """The event stream each node of the standard graph sees on 25 s of dev01 in 200 ms chunks."""
     audio, _ = sf.read(dev_items[0].audio_path, dtype="int16", frames=16000 * 25)
     events: list[Event] = []
     for lo in range(0, len(audio), 3200):
         events += [("item", PcmBytes(audio[lo:lo + 3200].tobytes())), ("wm", min(lo + 3200, len(audio)))]
     events.append(("eof", None))
-    graph = build_graph(PipelineConfig())
+    graph = _graph(mode)
     inputs: dict[str, list[Event]] = {}
     for name, config in graph.nodes.items():
         inputs[name] = events
@@ -80,9 +92,9 @@ def test_pipeline_finds_both_speakers(operator_inputs: dict[str, list[Event]]) -
 
 
 @pytest.mark.parametrize("node", NODES)
-def test_deterministic_and_inputs_not_mutated(node: str, operator_inputs: dict[str, list[Event]],
+def test_deterministic_and_inputs_not_mutated(node: str, mode: str, operator_inputs: dict[str, list[Event]],
                                                resources: Resources) -> None:
-    config = build_graph(PipelineConfig()).nodes[node]
+    config = _graph(mode).nodes[node]
     events = operator_inputs[node]
     before = _canonical(copy.deepcopy(events))
     first = _canonical(_replay(config.build(None, resources), events))
@@ -91,9 +103,9 @@ def test_deterministic_and_inputs_not_mutated(node: str, operator_inputs: dict[s
 
 
 @pytest.mark.parametrize("node", NODES)
-def test_checkpoint_round_trip_resumes_exactly(node: str, operator_inputs: dict[str, list[Event]],
+def test_checkpoint_round_trip_resumes_exactly(node: str, mode: str, operator_inputs: dict[str, list[Event]],
                                                 resources: Resources) -> None:
-    config = build_graph(PipelineConfig()).nodes[node]
+    config = _graph(mode).nodes[node]
     events = operator_inputs[node]
     expected = _canonical(_replay(config.build(None, resources), events))
     for cut in np.linspace(1, len(events) - 1, 5).astype(int):
@@ -109,9 +121,9 @@ def test_checkpoint_round_trip_resumes_exactly(node: str, operator_inputs: dict[
 
 
 @pytest.mark.parametrize("node", NODES)
-def test_eof_flushes_pending_work(node: str, operator_inputs: dict[str, list[Event]],
+def test_eof_flushes_pending_work(node: str, mode: str, operator_inputs: dict[str, list[Event]],
                                   resources: Resources) -> None:
-    config = build_graph(PipelineConfig()).nodes[node]
+    config = _graph(mode).nodes[node]
     events = [e for e in operator_inputs[node] if e[0] != "wm"]  # no watermarks: all work waits for eof
     out = _replay(config.build(None, resources), events)
     produced = [m for kind, m in out if kind == "item"]

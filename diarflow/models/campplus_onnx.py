@@ -13,8 +13,11 @@ Inference-time rewrites, all exact up to float rounding:
   (utterance mean + segment mean) is constant inside a segment and the two 1x1 convolutions, ReLU and
   sigmoid act frame by frame, so the mask is evaluated on ``[B, C, segments]`` and gathered back to frames;
 - the final dense layer and its BatchNorm become one ``Gemm``;
-- the dense TDNN runs channels-last with MatMuls (a dilated kernel-3 convolution is one MatMul over
-  three shifted copies of its input).
+- the dense TDNN runs channels-last with MatMuls: a dilated kernel-3 convolution is one MatMul to its
+  three taps' outputs, shifted and summed; each layer's context (segment + utterance mean) is one
+  MatMul with a ``(segments, frames)`` weight matrix built once per call; the scale of a BatchNorm
+  before a ReLU is folded into the next linear layer when it is positive (``relu(s x + b) =
+  s relu(x + b / s)``). Fewer, larger ops: a call costs less fixed overhead.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .registry import CAMPPLUS_BUILDER_VERSION
 
-__all__ = ["build_campplus_onnx", "EMBEDDING_DIM", "NUM_MEL_BINS", "BUILDER_VERSION"]
+__all__ = ["build_campplus_onnx", "EMBEDDING_DIM", "NUM_MEL_BINS", "POOLED_CHANNELS", "BUILDER_VERSION"]
 
 EMBEDDING_DIM = 192
 NUM_MEL_BINS = 80
+POOLED_CHANNELS = 512
 BUILDER_VERSION = CAMPPLUS_BUILDER_VERSION
 _BN_EPS = 1e-5
 _SEGMENT_FRAMES = 100
@@ -99,15 +103,25 @@ class _GraphBuilder:
         return self.op("Relu", [y])
 
 
-def _affine_relu_btc(g: _GraphBuilder, x: str, bn_prefix: str) -> str:
-    """Inference BatchNorm + ReLU on ``(B, T, C)`` (channels last)."""
+def _affine_relu_btc(g: _GraphBuilder, x: str, bn_prefix: str, fold_scale: bool = False) -> tuple[str, np.ndarray | None]:
+    """Inference BatchNorm + ReLU on ``(B, T, C)`` (channels last).
+
+    With ``fold_scale`` and every scale positive, ``relu(x * s + b) = s * relu(x + b / s)``: the node
+    computes ``relu(x + b / s)`` and returns ``s`` for the caller to fold into the next linear layer
+    (one pass over the growing dense-block input saved). Otherwise returns ``None`` as the scale.
+    """
     scale, shift = g.bn_affine(bn_prefix)
-    return g.op("Relu", [g.op("Add", [g.op("Mul", [x, g.const(scale)]), g.const(shift)])])
+    if fold_scale and bool((scale > 0).all()):
+        return g.op("Relu", [g.op("Add", [x, g.const(shift / scale)])]), scale
+    return g.op("Relu", [g.op("Add", [g.op("Mul", [x, g.const(scale)]), g.const(shift)])]), None
 
 
 def _linear_btc(g: _GraphBuilder, x: str, weight: np.ndarray, bias: np.ndarray | None,
-                bn_prefix: str | None = None) -> str:
-    """``x @ W.T (+ bias)`` on ``(B, T, C_in)`` with ``weight (C_out, C_in)``; a following BN folded in."""
+                bn_prefix: str | None = None, input_scale: np.ndarray | None = None) -> str:
+    """``(x * input_scale) @ W.T (+ bias)`` on ``(B, T, C_in)`` with ``weight (C_out, C_in)``; a
+    following BN and the optional per-input-channel scale are folded into the weights."""
+    if input_scale is not None:
+        weight = weight * input_scale[None, :]
     if bn_prefix is not None:
         scale, shift = g.bn_affine(bn_prefix)
         weight = weight * scale[:, None]
@@ -116,21 +130,38 @@ def _linear_btc(g: _GraphBuilder, x: str, weight: np.ndarray, bias: np.ndarray |
     return g.op("Add", [y, g.const(bias)]) if bias is not None else y
 
 
-def _cam_layer_btc(g: _GraphBuilder, x: str, prefix: str, dilation: int, segment_of_frame: str) -> str:
-    """:func:`_cam_layer` with channels last; the dilated kernel-3 conv becomes one MatMul over the
-    concatenation ``[x(t - d), x(t), x(t + d)]`` so that every heavy op is a (quantisable) MatMul."""
+def _context_weights(g: _GraphBuilder, num_frames: str, segment_of_frame: str) -> str:
+    """``(S, T')`` weights with ``weights @ x = segment mean + utterance mean`` for ``x (B, T', C)``:
+    the CAM context of every layer in one MatMul (instead of pooling, transposes and a reduction)."""
+    frames = g.op("Cast", [num_frames], to=TensorProto.FLOAT)  # (1,)
+    segments = g.op("Div", [g.op("Add", [num_frames, g.const([_SEGMENT_FRAMES - 1], np.int64)]),
+                            g.const(_SEGMENT_FRAMES, np.int64)])  # (1,) = ceil(T' / 100)
+    segment_index = g.op("Range", [g.const(0, np.int64), g.op("Squeeze", [segments]), g.const(1, np.int64)])
+    member = g.op("Cast", [g.op("Equal", [g.op("Unsqueeze", [segment_index, g.const([1], np.int64)]),
+                                           g.op("Unsqueeze", [segment_of_frame, g.const([0], np.int64)])])],
+                  to=TensorProto.FLOAT)  # (S, T'): 1 where frame t lies in segment s
+    counts = g.op("ReduceSum", [member, g.const([1], np.int64)], keepdims=1)  # (S, 1); the last may be partial
+    return g.op("Add", [g.op("Div", [member, counts]), g.op("Reciprocal", [frames])])
+
+
+def _cam_layer_btc(g: _GraphBuilder, x: str, prefix: str, dilation: int, segment_of_frame: str,
+                   context_weights: str) -> str:
+    """:func:`_cam_layer` with channels last. The dilated kernel-3 convolution is one MatMul to the
+    three taps' outputs side by side, ``[y0 | y1 | y2]`` with ``yk = x @ Wk.T``, then shifted and
+    summed: ``local(t) = y0(t - d) + y1(t) + y2(t + d)`` (zero outside the input). Shifting the
+    32-channel outputs moves far less memory than stacking shifted copies of the 128-channel input."""
     d = dilation
-    padded = g.op("Pad", [x, g.const([0, d, 0, 0, d, 0], np.int64)])  # (B, T + 2d, C)
-    taps = [g.op("Slice", [padded, g.const([start], np.int64), g.const([end], np.int64), g.const([1], np.int64)])
-            for start, end in ((0, -2 * d), (d, -d), (2 * d, np.iinfo(np.int64).max))]
-    stacked = g.op("Concat", taps, axis=2)  # (B, T, 3C)
     kernel = g.w(f"{prefix}.linear_local.weight")  # (C_out, C_in, 3)
-    local = _linear_btc(g, stacked, np.concatenate([kernel[:, :, k] for k in range(3)], axis=1), None)
-    utterance_mean = g.op("ReduceMean", [x], axes=[1], keepdims=1)  # (B, 1, C)
-    channels_first = g.op("Transpose", [x], perm=[0, 2, 1])
-    segment_mean = g.op("AveragePool", [channels_first], kernel_shape=[_SEGMENT_FRAMES],
-                        strides=[_SEGMENT_FRAMES], ceil_mode=1)
-    context = g.op("Add", [g.op("Transpose", [segment_mean], perm=[0, 2, 1]), utterance_mean])  # (B, S, C)
+    growth = kernel.shape[0]
+    taps = _linear_btc(g, x, np.concatenate([kernel[:, :, k] for k in range(3)], axis=0), None)  # (B, T, 3 C_out)
+    padded = g.op("Pad", [taps, g.const([0, d, 0, 0, d, 0], np.int64)])  # (B, T + 2d, 3 C_out)
+    axes = g.const([1, 2], np.int64)
+    past = g.op("Slice", [padded, g.const([0, 0], np.int64), g.const([-2 * d, growth], np.int64), axes])
+    now = g.op("Slice", [taps, g.const([growth], np.int64), g.const([2 * growth], np.int64), g.const([2], np.int64)])
+    future = g.op("Slice", [padded, g.const([2 * d, 2 * growth], np.int64),
+                            g.const([np.iinfo(np.int64).max, 3 * growth], np.int64), axes])
+    local = g.op("Add", [g.op("Add", [past, now]), future])  # (B, T, C_out)
+    context = g.op("MatMul", [context_weights, x])  # (B, S, C): segment mean + utterance mean
     hidden = g.op("Relu", [_linear_btc(g, context, g.w(f"{prefix}.linear1.weight")[:, :, 0],
                                        g.w(f"{prefix}.linear1.bias"))])
     mask = g.op("Sigmoid", [_linear_btc(g, hidden, g.w(f"{prefix}.linear2.weight")[:, :, 0],
@@ -139,19 +170,22 @@ def _cam_layer_btc(g: _GraphBuilder, x: str, prefix: str, dilation: int, segment
     return g.op("Mul", [local, mask])
 
 
-def _dense_tdnn_btc(g: _GraphBuilder, x: str, segment_of_frame: str) -> str:
+def _dense_tdnn_btc(g: _GraphBuilder, x: str, num_frames: str, segment_of_frame: str) -> str:
     """The dense TDNN blocks, transits and output BN+ReLU with channels last; returns (B, T', 512)."""
+    context_weights = _context_weights(g, num_frames, segment_of_frame)
     for block, num_layers, dilation in _DENSE_BLOCKS:
         for i in range(1, num_layers + 1):
             prefix = f"xvector.{block}.tdnnd{i}"
-            y = _affine_relu_btc(g, x, f"{prefix}.nonlinear1.batchnorm")
-            y = _linear_btc(g, y, g.w(f"{prefix}.linear1.weight")[:, :, 0], None, f"{prefix}.nonlinear2.batchnorm")
-            y = _cam_layer_btc(g, g.op("Relu", [y]), f"{prefix}.cam_layer", dilation, segment_of_frame)
+            y, scale = _affine_relu_btc(g, x, f"{prefix}.nonlinear1.batchnorm", fold_scale=True)
+            y = _linear_btc(g, y, g.w(f"{prefix}.linear1.weight")[:, :, 0], None, f"{prefix}.nonlinear2.batchnorm",
+                            input_scale=scale)
+            y = _cam_layer_btc(g, g.op("Relu", [y]), f"{prefix}.cam_layer", dilation, segment_of_frame,
+                               context_weights)
             x = g.op("Concat", [x, y], axis=2)
         transit = f"xvector.transit{block[-1]}"
-        x = _affine_relu_btc(g, x, f"{transit}.nonlinear.batchnorm")
-        x = _linear_btc(g, x, g.w(f"{transit}.linear.weight")[:, :, 0], None)
-    return _affine_relu_btc(g, x, "xvector.out_nonlinear.batchnorm")
+        x, scale = _affine_relu_btc(g, x, f"{transit}.nonlinear.batchnorm", fold_scale=True)
+        x = _linear_btc(g, x, g.w(f"{transit}.linear.weight")[:, :, 0], None, input_scale=scale)
+    return _affine_relu_btc(g, x, "xvector.out_nonlinear.batchnorm")[0]
 
 
 def _res_block(g: _GraphBuilder, x: str, prefix: str, stride: int) -> str:
@@ -200,7 +234,14 @@ def build_campplus_onnx(weights: dict[str, np.ndarray], channels_last: bool = Tr
     -------
     onnx.ModelProto
         Input ``fbank``: float32 ``[batch, frames, 80]`` mean-normalised Kaldi log-mel filterbanks
-        (at least 3 frames). Output ``embedding``: float32 ``[batch, 192]`` (not length-normalised).
+        (at least 3 frames). Outputs:
+
+        - ``embedding``: float32 ``[batch, 192]`` (not length-normalised);
+        - ``frames``: float32 ``[batch, ceil(frames / 2), 512]``, the features that statistics pooling
+          averages (output frame ``t`` is centred on input frame ``2 t``);
+        - ``pooling_weight`` ``[1024, 192]`` and ``pooling_bias`` ``[192]``: constants of the final
+          affine layer, ``embedding = [mean, std](frames) @ pooling_weight + pooling_bias``, so that
+          callers can pool any range of ``frames`` (several windows from one pass).
 
     Raises
     ------
@@ -230,7 +271,7 @@ def build_campplus_onnx(weights: dict[str, np.ndarray], channels_last: bool = Tr
 
     time_axis = 1 if channels_last else 2
     if channels_last:
-        x = _dense_tdnn_btc(g, g.op("Transpose", [x], perm=[0, 2, 1]), segment_of_frame)  # (B, T', 512)
+        x = _dense_tdnn_btc(g, g.op("Transpose", [x], perm=[0, 2, 1]), num_frames, segment_of_frame)  # (B, T', 512)
     else:
         for block, num_layers, dilation in _DENSE_BLOCKS:
             for i in range(1, num_layers + 1):
@@ -257,8 +298,13 @@ def build_campplus_onnx(weights: dict[str, np.ndarray], channels_last: bool = Tr
 
     weight = g.w("xvector.dense.linear.weight")[:, :, 0]  # (192, 1024)
     scale, shift = g.bn_affine("xvector.dense.nonlinear.batchnorm")
-    g.nodes.append(helper.make_node(
-        "Gemm", [stats, g.const((weight * scale[:, None]).T), g.const(shift)], ["embedding"]))
+    dense_weight, dense_bias = g.const((weight * scale[:, None]).T), g.const(shift)
+    g.nodes.append(helper.make_node("Gemm", [stats, dense_weight, dense_bias], ["embedding"]))
+    # frame features and the pooling layer, for embeddings of many windows from one pass
+    frames = x if channels_last else g.op("Transpose", [x], perm=[0, 2, 1])
+    g.nodes.append(helper.make_node("Identity", [frames], ["frames"]))
+    g.nodes.append(helper.make_node("Identity", [dense_weight], ["pooling_weight"]))
+    g.nodes.append(helper.make_node("Identity", [dense_bias], ["pooling_bias"]))
 
     unused = sorted(set(weights) - g.used)
     if unused:
@@ -266,7 +312,10 @@ def build_campplus_onnx(weights: dict[str, np.ndarray], channels_last: bool = Tr
     graph = helper.make_graph(
         g.nodes, "campplus",
         [helper.make_tensor_value_info("fbank", TensorProto.FLOAT, ["batch", "frames", NUM_MEL_BINS])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", EMBEDDING_DIM])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", EMBEDDING_DIM]),
+         helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["batch", "pooled_frames", POOLED_CHANNELS]),
+         helper.make_tensor_value_info("pooling_weight", TensorProto.FLOAT, [2 * POOLED_CHANNELS, EMBEDDING_DIM]),
+         helper.make_tensor_value_info("pooling_bias", TensorProto.FLOAT, [EMBEDDING_DIM])],
         initializer=g.initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)],

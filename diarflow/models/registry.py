@@ -97,7 +97,7 @@ CAMPPLUS_WEIGHTS = ModelSpec(
 )
 
 # bump when campplus_onnx builds a different graph: cached builds of older versions are rebuilt
-CAMPPLUS_BUILDER_VERSION = 3
+CAMPPLUS_BUILDER_VERSION = 4
 
 CAMPPLUS = ModelSpec(
     name="campplus",
