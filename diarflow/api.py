@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from dataclasses import dataclass, field, replace
@@ -20,9 +21,26 @@ from diarflow.operators.pipeline import PipelineConfig, build_graph
 __all__ = ["DiarizationResult", "Segment", "diarize", "default_resources", "STREAM_CHUNK_SAMPLES"]
 
 STREAM_CHUNK_SAMPLES = 3200  # 200 ms: the live endpoint's recommended frame
-_OFFLINE_CHUNK_SAMPLES = 240 * SAMPLE_RATE  # large chunks: VAD sub-streams and model calls batch
+_OFFLINE_CHUNK_SAMPLES = 120 * SAMPLE_RATE  # large chunks: model calls batch, utterances spread over threads
 _resources: Resources | None = None  # loaded on first use, shared by every call in this process
 _resources_lock = threading.Lock()
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def _release_free_memory() -> None:
+    """Hand memory freed by the last chunk back to the OS (glibc keeps it in per-thread arenas, where
+    hours of chunk-sized buffers fragment it): peak memory then stays flat with input length."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def default_resources() -> Resources:
@@ -223,6 +241,8 @@ def diarize(
         for chunk in chunks:
             total += len(chunk)
             yield chunk
+            if mode == "offline":
+                _release_free_memory()
             if on_progress is not None:
                 on_progress(total / SAMPLE_RATE)
 

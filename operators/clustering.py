@@ -341,7 +341,8 @@ class OnlineClusterer:
         vad = self._vad.view()
         end = max(self._end_sample, len(vad) * 512)
         frames = frame_confidence(turns, spans, posteriors, labels, vad, end)
-        centroids = {k: _unit(vectors[labels == k].mean(axis=0)) for k in range(found)}
+        sums = label_sums(labels, vectors, found)
+        centroids = {k: _unit(sums[k]) for k in range(found)}
         return [SpeakerTurns((), 0, tuple(turns), self._utterances, self._end_sample, True, warnings, frames,
                              centroids)]
 

@@ -39,7 +39,7 @@ def window_posteriors(vectors: np.ndarray, labels: np.ndarray, temperature: floa
     k = int(labels.max()) + 1 if len(labels) else 0
     sums = label_sums(labels, vectors, k)
     centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    logits = (vectors @ centroids.T) / temperature  # (n, k)
+    logits = (vectors @ centroids.T.astype(vectors.dtype)) / temperature  # (n, k), no float64 copy of vectors
     logits -= logits.max(axis=1, keepdims=True)
     weights = np.exp(logits)
     return weights / weights.sum(axis=1, keepdims=True)

@@ -9,14 +9,24 @@ from scipy.sparse import csr_matrix
 __all__ = ["cluster_embeddings", "count_constrained_cut", "label_sums"]
 
 _BLOCK_ROWS = 2048  # rows per similarity block: (2048, 600) float32 is 5 MB whatever the input length
+_DENSE_ONE_HOT = 1 << 16  # label_sums uses a dense one-hot matrix up to this many cells
+_SEED_SAMPLE = 4096  # k-means++ seeds from a sample of at most max(8 k, this) windows
 
 
 def label_sums(labels: np.ndarray, vectors: np.ndarray, count: int) -> np.ndarray:
     """Sum of the rows of each label: float64 ``(count, dim)`` from ``labels (n,)`` in [0, count) and
     ``vectors (n, dim)``. A sparse product: O(n) memory, and far faster than ``ufunc.at`` on rows."""
-    n = len(labels)
-    one_hot = csr_matrix((np.ones(n), (np.asarray(labels, np.int64), np.arange(n))), shape=(count, n))
-    return np.asarray(one_hot @ np.asarray(vectors, np.float64))
+    labels = np.asarray(labels, np.int64)
+    if count * len(labels) <= _DENSE_ONE_HOT:  # small (the online clusterer's buffer): dense is faster
+        one_hot = np.zeros((count, len(labels)))
+        one_hot[labels, np.arange(len(labels))] = 1.0
+        return one_hot @ np.asarray(vectors, np.float64)
+    sums = np.zeros((count, vectors.shape[1]))
+    for lo in range(0, len(labels), _BLOCK_ROWS):  # float64 sums without a float64 copy of all rows
+        block = labels[lo:lo + _BLOCK_ROWS]
+        one_hot = csr_matrix((np.ones(len(block)), (block, np.arange(len(block)))), shape=(count, len(block)))
+        sums += one_hot @ np.asarray(vectors[lo:lo + _BLOCK_ROWS], np.float64)
+    return sums
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -27,7 +37,7 @@ def _kmeans(vectors: np.ndarray, k: int, iterations: int, seed: int = 0) -> np.n
     """Spherical k-means with deterministic k-means++ seeding on a subsample; returns labels (n,)."""
     rng = np.random.default_rng(seed)
     n = len(vectors)
-    sample = vectors[rng.choice(n, size=min(n, 20 * k), replace=False)]
+    sample = vectors[rng.choice(n, size=min(n, max(8 * k, _SEED_SAMPLE)), replace=False)]
     centres = [sample[0]]
     best = 1.0 - sample @ sample[0]
     for _ in range(1, k):

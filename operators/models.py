@@ -33,6 +33,7 @@ _R = TypeVar("_R")
 VAD_WINDOW_SAMPLES = 512  # 32 ms at 16 kHz: the window Silero v5+ is trained on
 _VAD_CONTEXT_SAMPLES = 64  # tail of the previous window prepended to each window
 _MIN_PARALLEL_WINDOWS = 256  # below this, one encoder call beats splitting it over threads
+_ENCODER_BLOCK_WINDOWS = 1024  # 33 s of audio per encoder call
 EMBEDDING_DIM = 192
 
 
@@ -117,11 +118,14 @@ class SileroVadModel:
         rows[:, _VAD_CONTEXT_SAMPLES:] = windows  # each row: the previous window's tail, then the window
         rows[0, :_VAD_CONTEXT_SAMPLES] = state.context
         rows[1:, :_VAD_CONTEXT_SAMPLES] = windows[:-1, -_VAD_CONTEXT_SAMPLES:]
+        # blocks: large enough to batch well, small enough that onnxruntime's arena stays small
+        blocks = [rows[lo:lo + _ENCODER_BLOCK_WINDOWS] for lo in range(0, len(rows), _ENCODER_BLOCK_WINDOWS)]
         if self._pool is not None and len(rows) >= 2 * _MIN_PARALLEL_WINDOWS:
-            halves = np.array_split(rows, 2)
-            features = np.concatenate(list(self._pool.map(self._encode, halves)))
+            if len(blocks) == 1:
+                blocks = np.array_split(rows, 2)
+            features = np.concatenate(list(self._pool.map(self._encode, blocks)))
         else:
-            features = self._encode(rows)
+            features = np.concatenate([self._encode(block) for block in blocks])
         probabilities, h, c = self._recurrence.run(
             None, {"features": features[:, None, :], "h0": state.lstm[0:1], "c0": state.lstm[1:2]})
         return probabilities, VadState(np.concatenate([h, c]), windows[-1, -_VAD_CONTEXT_SAMPLES:].copy())

@@ -130,13 +130,14 @@ def test_global_clustering_scales_without_a_dense_matrix() -> None:
     assert fixed.max() + 1 == 3
 
 
-def test_label_sums_equal_a_plain_loop() -> None:
+@pytest.mark.parametrize("rows", [500, 20_000])  # the dense path and the blocked sparse path
+def test_label_sums_equal_a_plain_loop(rows: int) -> None:
     rng = np.random.default_rng(3)
-    vectors = rng.standard_normal((500, 192)).astype(np.float32)
-    labels = rng.integers(0, 7, 500)
+    vectors = rng.standard_normal((rows, 192)).astype(np.float32)
+    labels = rng.integers(0, 7, rows)
     expected = np.zeros((9, 192))
-    for label, vector in zip(labels, vectors):
-        expected[label] += vector
+    for label in range(7):
+        expected[label] = vectors[labels == label].astype(np.float64).sum(axis=0)
     got = label_sums(labels, vectors, 9)
     assert got.shape == (9, 192) and not got[7:].any()
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
