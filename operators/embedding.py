@@ -116,7 +116,8 @@ class EmbeddingExtractorState:
 
 class EmbeddingExtractor:
     """Embeds full windows of the open utterance as audio arrives (so little is left when it closes)
-    and the rest when it closes; all windows pending at a watermark go to the model together."""
+    and the rest when it closes; all windows pending at a watermark go to the model together. With
+    ``shared_passes`` (offline) it waits for utterances to close and pools their windows instead."""
 
     def __init__(self, config: EmbeddingExtractorConfig, embedder: SpeakerEmbedder,
                  state: EmbeddingExtractorState | None) -> None:
