@@ -62,7 +62,9 @@ class OnlineClustererConfig:
     num_speakers, min_speakers, max_speakers
         Speaker-count constraints (``num_speakers`` exact; it excludes the other two).
     refine
-        At end of input, re-cluster all windows globally (offline mode) and re-emit every turn.
+        Offline mode: keep every window and, at end of input, cluster them all globally and emit every
+        turn. The online assignment is skipped (the global clustering would replace its labels), so
+        nothing is emitted before the end of input.
     refine_threshold
         Cosine distance at which the global agglomerative clustering stops (tuned on the dev set).
     min_cluster_windows
@@ -229,6 +231,14 @@ class OnlineClusterer:
             return []
         new_vectors = np.stack([w.vector for w in item.windows]).astype(np.float32)  # (m, 192)
         new_spans = np.array([[w.start_sample, w.end_sample] for w in item.windows], dtype=np.int64)
+        utterance = np.full(len(new_vectors), self._utterances)
+        self._utterances += 1
+        self._end_sample = max(self._end_sample, item.region.end_sample)
+        if cfg.refine:  # offline: the global re-clustering at the end replaces any online labels
+            self._history_spans.append(new_spans)
+            self._history_vectors.append(new_vectors)
+            self._history_utterances.append(utterance)
+            return []
         frozen, has_frozen = self._frozen_sums, self._has_frozen
         centroids = self._centroids(frozen, self._vectors, self._labels)
         new_labels = np.empty(len(new_vectors), dtype=np.int64)
@@ -243,18 +253,11 @@ class OnlineClusterer:
                 frozen = np.vstack([frozen, np.zeros((1, _DIM), np.float32)])
                 has_frozen = np.append(has_frozen, False)
                 centroids = np.vstack([centroids, vector[None].astype(np.float64)])
-        utterance = np.full(len(new_vectors), self._utterances)
         self._frozen_sums, self._has_frozen = frozen, has_frozen
         self._spans = np.vstack([self._spans, new_spans])
         self._vectors = np.vstack([self._vectors, new_vectors])
         self._utterance_ids = np.concatenate([self._utterance_ids, utterance])
         self._labels = self._revise(np.concatenate([self._labels, _smooth(new_labels)]))
-        self._utterances += 1
-        self._end_sample = max(self._end_sample, item.region.end_sample)
-        if cfg.refine:
-            self._history_spans.append(new_spans)
-            self._history_vectors.append(new_vectors)
-            self._history_utterances.append(utterance)
         self._evict()
         return [self._view(final=False)]
 
