@@ -22,7 +22,7 @@ from diarflow.operators.pipeline import PipelineConfig, build_graph
 __all__ = ["DiarizationResult", "Segment", "diarize", "default_resources", "STREAM_CHUNK_SAMPLES"]
 
 STREAM_CHUNK_SAMPLES = 3200  # 200 ms: the live endpoint's recommended frame
-_OFFLINE_CHUNK_SAMPLES = 120 * SAMPLE_RATE  # large chunks: model calls batch, utterances spread over threads
+_OFFLINE_CHUNK_SAMPLES = 60 * SAMPLE_RATE  # large chunks: model calls batch, utterances spread over threads
 _resources: Resources | None = None  # loaded on first use, shared by every call in this process
 _resources_lock = threading.Lock()
 
