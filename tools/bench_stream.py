@@ -120,7 +120,7 @@ async def bench_latency(server: ServerProcess, library: list[list[bytes]], secon
     ok16 = failed == 0 and percentile_ms(lat, 99) <= P99_TARGET_MS
 
     print(f"== capacity: concurrent real-time sessions with P99 <= {P99_TARGET_MS:.0f} ms ==", flush=True)
-    levels = [32, 48, 56, 64, 96, 128] if ok16 else [12, 8, 4, 2, 1]
+    levels = [32, 48, 52, 56, 64, 96, 128] if ok16 else [12, 8, 4, 2, 1]
     best = 16 if ok16 else 0
     started = time.monotonic()
     for n in levels:
