@@ -217,16 +217,19 @@ class EmbeddingExtractor:
         jobs = [span for span in dict.fromkeys(spans) if span not in self._cache]
         self._cache.update(zip(jobs, self._embed(jobs)))
 
+    def _region_spans(self, region: SpeechRegion) -> list[tuple[int, int]]:
+        """The grid windows of a closed utterance, clipped to the audio held."""
+        cfg = self.config
+        return [(max(a, self._audio_start), min(b, self._audio_end)) for a, b in window_spans(
+            region.start_sample, region.end_sample, cfg.window_samples, cfg.step_samples, cfg.min_window_samples)]
+
     def _shared_pass(self, regions: Sequence[SpeechRegion]) -> list[UtteranceEmbeddings]:
         """Every grid window of each utterance, pooled from one model pass per piece of at most
         ``pass_samples`` (see :class:`EmbeddingExtractorConfig`); utterances run in parallel on the
         model's threads, longest first so that the threads finish together."""
-        cfg = self.config
         plans, jobs = [], []
         for region in regions:
-            spans = [(max(a, self._audio_start), min(b, self._audio_end)) for a, b in window_spans(
-                region.start_sample, region.end_sample, cfg.window_samples, cfg.step_samples,
-                cfg.min_window_samples)]
+            spans = self._region_spans(region)
             origin = min(a for a, _ in spans)
             plans.append(spans)
             jobs.append((self._samples(origin, max(b for _, b in spans)), [(a - origin, b - origin) for a, b in spans]))
@@ -271,9 +274,7 @@ class EmbeddingExtractor:
             return out
         plans: list[tuple[SpeechRegion | None, list[tuple[int, int]]]] = []
         for region in self._closed:
-            spans = window_spans(region.start_sample, region.end_sample, cfg.window_samples,
-                                 cfg.step_samples, cfg.min_window_samples)
-            plans.append((region, [(max(a, self._audio_start), min(b, self._audio_end)) for a, b in spans]))
+            plans.append((region, self._region_spans(region)))
         if self._open_start >= 0:  # incremental work: full windows of the utterance still open
             last = self._audio_end - cfg.window_samples
             plans.append((None, [(a, a + cfg.window_samples)

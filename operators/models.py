@@ -175,9 +175,7 @@ class SpeakerEmbeddingModel:
     def embed_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
         """:meth:`embed` of several batches (lengths may differ between batches), in parallel when
         the model was given a thread pool. Returns one ``(batch_i, 192)`` array per batch."""
-        if self._pool is None or len(batches) <= 1:
-            return [self.embed(b) for b in batches]
-        return list(self._pool.map(self.embed, batches))
+        return self.map(self.embed, batches)
 
     def frame_features(self, fbank: np.ndarray) -> np.ndarray:
         """The frame features that statistics pooling averages, for one mean-normalised piece.
