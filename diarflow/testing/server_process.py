@@ -246,8 +246,8 @@ def install_write_faults(data_dir: Path) -> None:
         path, file = open_temp(self, team, key)
         return path, _FailingWritesFile(file, flag)
 
-    store.connect = failing_connect  # type: ignore[assignment]
-    media.MediaStore.open_temp = failing_open_temp  # type: ignore[method-assign]
+    store.connect = failing_connect
+    media.MediaStore.open_temp = failing_open_temp
 
 
 def _main(config_json: str) -> None:
