@@ -349,3 +349,67 @@ async def test_junk_keys_do_not_grow_server_memory(limits_server: ServerProcess)
             assert set(statuses) <= {401, 429}
     growth = rss_bytes(limits_server.pid) - before
     assert growth < 8 << 20, f"server RSS grew by {growth / 2**20:.1f} MiB"
+
+
+# -- a real full disk: a small tmpfs (needs root to mount; the injected tests above always run) ----------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    import subprocess
+
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not root'}); "
+                    "the injected disk-full tests cover the same code paths")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    filler = disk / "filler"
+    block = b"\0" * (1 << 20)
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(block)
+        except OSError:
+            pass
+    with open(filler, "ab", buffering=0) as out:  # the last few KiB too
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+async def test_real_full_disk_answers_json_and_recovers_without_restart(small_disk: Path, model_paths: ModelPaths,
+                                                                        tmp_path: Path) -> None:
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, (np.sin(np.arange(5 * 16000) / 9.0) * 3000).astype(np.int16), 16000, subtype="PCM_16")
+    with ServerProcess(small_disk / "data", jobs={"workers": 1, "min_free_bytes": 1 << 20},
+                       log_path=tmp_path / "server.log", model_dir=str(model_paths.campplus.parent)) as server:
+        async with aiohttp.ClientSession(server.url) as api:
+            await upload(api, "media://clip.wav", clip)
+            put_url = (await (await api.post("/v1/media/input", json={"url": "media://big.bin"})).json())["url"]
+            filler = _fill(small_disk)
+            async with aiohttp.ClientSession() as anonymous:
+                put = await anonymous.put(put_url, data=b"\1" * (2 << 20))
+                assert put.status == 507 and set(await put.json()) == {"requestId", "message"}
+            assert not list((small_disk / "data" / "media").glob("*/*.part"))
+            submitted = await api.post("/v1/diarize", json={"url": "media://clip.wav"})
+            assert submitted.headers["Content-Type"].startswith("application/json")
+            assert submitted.status in (200, 503), await submitted.text()
+            status, body = await _health(server)
+            assert status == 503 and body["status"] == "degraded", body
+            filler.unlink()
+            if submitted.status == 200:  # accepted while full: it must still end, and well
+                job = await wait_for_job(api, (await submitted.json())["jobId"], 120)
+                assert job["status"] == "succeeded", job
+            after = (await (await api.post("/v1/diarize", json={"url": "media://clip.wav"})).json())["jobId"]
+            assert (await wait_for_job(api, after, 120))["status"] == "succeeded"
+            assert (await _health(server))[0] == 200

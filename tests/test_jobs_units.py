@@ -125,3 +125,20 @@ def test_one_key_is_one_caller_however_the_header_is_spelled() -> None:
     callers = {ring.caller_of(h) for h in ("Bearer k1", "bearer k1", "BEARER  k1", " Bearer k1 ")}
     assert len(callers) == 1 and next(iter(callers)) is not None
     assert ring.caller_of("Bearer \udcff\udcfek1") is None  # undecodable header bytes: refused, no crash
+
+
+def test_access_log_targets_are_redacted() -> None:
+    from diarflow.servers.access_log import redact_target
+
+    assert redact_target("/diarize/stream?token=s3cret&x=1") == "/diarize/stream?token=***&x=1"
+    assert redact_target("/v1/media/upload/eyJwIjoi.c2ln?x=1") == "/v1/media/upload/***?x=1"
+    assert redact_target("/v1/media/download/abc") == "/v1/media/download/***"
+    assert redact_target("/v1/jobs/123?status=failed") == "/v1/jobs/123?status=failed"
+
+
+def test_close_reason_is_valid_utf8_within_123_bytes() -> None:
+    from diarflow.servers.stream import close_reason
+
+    for text in ("é" * 100, "😀" * 40, "a" * 200, "ok"):
+        reason = close_reason(text)
+        assert len(reason) <= 123 and text.startswith(reason.decode("utf-8"))

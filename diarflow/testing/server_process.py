@@ -74,18 +74,20 @@ class ServerProcess:
     faults
         Install the disk-full switch: while ``<data_dir>/FAIL_WRITES`` exists, the server's store
         writes and upload writes fail with "database or disk is full" / ``ENOSPC``.
+    log_path
+        Where the server's output goes (default: ``<data_dir>/server-<port>.log``).
     server
         Other :class:`ServerSettings` fields (``auth_enabled``, ``api_keys``, ``model_dir``...).
     """
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, jobs: dict[str, Any] | None = None,
-                 faults: bool = False, **server: Any) -> None:
+                 faults: bool = False, log_path: Path | None = None, **server: Any) -> None:
         self.port = free_port()
         self.data_dir = Path(data_dir)
         self.config = {"data_dir": str(data_dir), "port": self.port, "jobs": jobs or {}, "faults": faults, **server}
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.data_dir / f"server-{self.port}.log"
+        self.log_path = log_path or self.data_dir / f"server-{self.port}.log"
 
     @property
     def url(self) -> str:
@@ -155,9 +157,11 @@ class ServerThread:
         return self
 
     async def _start(self) -> None:
+        from diarflow.servers.access_log import RedactingAccessLogger
         from diarflow.servers.app import make_app
 
-        self.runner = web.AppRunner(make_app(self.settings), handle_signals=False, shutdown_timeout=5.0)
+        self.runner = web.AppRunner(make_app(self.settings), handle_signals=False, shutdown_timeout=5.0,
+                                    access_log_class=RedactingAccessLogger)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import IO, Any, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -323,10 +323,25 @@ def _disk_full(exc: OSError) -> ApiError:
     return ApiError(500, f"Could not store the upload ({exc.strerror or type(exc).__name__})", close=True)
 
 
+async def _write(out: IO[bytes], data: bytes) -> None:
+    """Write off the event loop; a failed write (disk full) becomes the contract's error."""
+    def write_through() -> None:  # flushed here, so that closing the file has nothing left to fail on
+        out.write(data)
+        out.flush()
+
+    try:
+        await asyncio.to_thread(write_through)
+    except OSError as exc:
+        raise _disk_full(exc) from None
+
+
 async def _receive_upload(request: web.Request, ctx: JobsContext, team: str, key: str) -> tuple[Path, int]:
     """Stream the body into a ``.part`` file; returns it and its size. The file is removed on any error."""
     cap = ctx.settings.upload_max_bytes
-    temp, out = ctx.media.open_temp(team, key)
+    try:
+        temp, out = ctx.media.open_temp(team, key)
+    except OSError as exc:
+        raise _disk_full(exc) from None
     size, pending = 0, bytearray()
     try:
         with out:
@@ -336,14 +351,11 @@ async def _receive_upload(request: web.Request, ctx: JobsContext, team: str, key
                     raise ApiError(413, f"Upload larger than {cap} bytes", close=True)
                 pending += chunk
                 if len(pending) >= _WRITE_BATCH_BYTES:
-                    await asyncio.to_thread(out.write, bytes(pending))
+                    await _write(out, bytes(pending))
                     pending.clear()
             if pending:
-                await asyncio.to_thread(out.write, bytes(pending))
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise _disk_full(exc) from None
-    except BaseException:
+                await _write(out, bytes(pending))
+    except BaseException:  # the client left, too large, stalled, disk full: nothing of it stays
         temp.unlink(missing_ok=True)
         raise
     return temp, size
