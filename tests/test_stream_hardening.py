@@ -136,15 +136,30 @@ def _frame(opcode: int, payload: bytes) -> bytes:
     return head + b"\0\0\0\0" + payload
 
 
-async def test_client_that_never_reads_loses_its_session(server: ServerThread, dev_items: list[DevItem]) -> None:
+@pytest.fixture(scope="module")
+def quiet_server(model_paths: ModelPaths) -> Iterator[ServerThread]:
+    """No heartbeat to speak of (10 min), so only the send bound can end a session whose client stopped reading."""
+    settings = ServerSettings(port=0, model_dir=model_paths.campplus.parent, heartbeat_s=600.0, idle_timeout_s=600.0,
+                              send_timeout_s=1.0)
+    thread = ServerThread(settings).start()
+    try:
+        yield thread
+    finally:
+        thread.stop()
+
+
+@pytest.mark.timeout(900)
+async def test_client_that_never_reads_loses_its_session(quiet_server: ServerThread,
+                                                         dev_items: list[DevItem]) -> None:
     """Defect 9: speech pushed as fast as possible, answers never read: once a message cannot be sent within
     ``send_timeout_s`` the session ends and its slot is free again."""
+    server = quiet_server
     dev01 = next(i for i in dev_items if i.uri == "dev01")
     frames = file_frames(dev01.audio_path)
     sock = _upgrade(server.port)
     sock.settimeout(2.0)
     pending, sent, seen_open, ended = _frame(0x1, GOOD_START.encode()), 0, False, False
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline and not ended:
             try:  # send() blocks once the server stops reading (back-pressure) and fails once it dropped us
