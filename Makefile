@@ -33,7 +33,7 @@ serve: setup
 	$(BIN)/diarflow serve --host $(HOST) --port $(PORT)
 
 test: setup-test
-	$(BIN)/python -m mypy dataflow operators diarflow/models
+	$(BIN)/python -m mypy dataflow operators diarflow/models diarflow/testing servers
 	$(BIN)/python -m pytest -q
 
 bench: setup-test

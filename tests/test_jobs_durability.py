@@ -17,7 +17,7 @@ from aiohttp import web
 
 from diarflow.evaluation import DevItem
 from diarflow.models import ModelPaths
-from diarflow.servers.jobs.testing import ServerProcess, children_of, upload, wait_for_job
+from diarflow.testing import ServerProcess, children_of, upload, wait_for_job
 
 SECRET = "durability-secret"
 
@@ -130,6 +130,8 @@ async def test_restart_mid_job_and_webhook_retry_across_restart(tmp_path: Path, 
     assert b1 == b2 and b2["jobId"] == job_id and b2["status"] == "succeeded"
     assert "x-retry-num" not in {k.lower() for k in h1}
     assert h2.get("x-retry-num") == "1" and h2.get("x-retry-reason") == "http_error"
+    # at-least-once delivery: the retry sent by another server process carries the same idempotency key
+    assert h1.get("Idempotency-Key") and h1.get("Idempotency-Key") == h2.get("Idempotency-Key")
 
 
 async def test_killed_worker_is_retried_once_then_fails(tmp_path: Path, model_paths: ModelPaths,

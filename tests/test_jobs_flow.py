@@ -19,7 +19,7 @@ from aiohttp import web
 
 from diarflow.evaluation import DevItem, Turn, diarization_error_rate, read_rttm
 from diarflow.models import ModelPaths
-from diarflow.servers.jobs.testing import ServerProcess, upload, wait_for_job
+from diarflow.testing import ServerProcess, upload, wait_for_job
 
 SECRET = "flow-test-secret"
 

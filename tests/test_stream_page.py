@@ -25,8 +25,9 @@ import soundfile as sf
 from diarflow.audio import decode_chunks
 from diarflow.evaluation import DevItem, read_rttm
 from diarflow.models import ModelPaths
+from diarflow.testing import ServerThread
 
-from .test_stream_protocol import ServerThread, serve
+from .test_stream_protocol import serve
 
 pytestmark = pytest.mark.timeout(180)
 

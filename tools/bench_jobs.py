@@ -24,7 +24,7 @@ import numpy as np
 import soundfile as sf
 
 from diarflow.evaluation import load_dev_items
-from diarflow.servers.jobs.testing import ServerProcess, upload, wait_for_job
+from diarflow.testing import ServerProcess, upload, wait_for_job
 
 
 def _percentiles(samples: list[float]) -> str:
