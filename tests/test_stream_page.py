@@ -23,7 +23,7 @@ import pytest
 import soundfile as sf
 
 from diarflow.audio import decode_chunks
-from diarflow.evaluation import DevItem, read_rttm
+from diarflow.testing.evaluation import DevItem, read_rttm
 from diarflow.models import ModelPaths
 
 from .test_stream_protocol import ServerThread, serve
@@ -47,9 +47,9 @@ def _chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def clip_wav(dev_items: list[DevItem], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    item = next(i for i in dev_items if i.uri == "dev01")
-    speakers = {t.speaker for t in read_rttm(item.rttm_path)["dev01"] if t.end_s <= CLIP_S}
+def clip_wav(speech_clips: dict[str, DevItem], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    item = speech_clips["two_speakers"]
+    speakers = {t.speaker for t in read_rttm(item.rttm_path)[item.uri] if t.end_s <= CLIP_S}
     assert len(speakers) == 2, f"the clip must hold both speakers, RTTM has {speakers}"
     samples = np.concatenate(list(decode_chunks(item.audio_path, 16000)))[: int(CLIP_S * 16000)]
     path = tmp_path_factory.mktemp("page") / "dev01_clip.wav"

@@ -1,0 +1,1 @@
+"""Support for tests, benchmarks and notebooks run from a checkout (not needed to use diarflow)."""
