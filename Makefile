@@ -1,11 +1,13 @@
 # The two commands of the README: `make serve` and `make test`. Everything else is set up by them.
+# Also: `make notebooks` (JupyterLab on 127.0.0.1), `make bench`, `make dist` (wheel and sdist in dist/).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+NOTEBOOK_PORT ?= 8888
 
-.PHONY: serve test setup setup-test models bench clean
+.PHONY: serve test setup setup-test models bench notebooks dist clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "diarflow needs Python >= 3.11"'
@@ -18,6 +20,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(VENV)/.installed $@
+
+$(VENV)/.installed-notebooks: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[notebooks]'
 	touch $(VENV)/.installed $@
 
 setup: $(VENV)/.installed models
@@ -36,10 +42,16 @@ test: setup-test
 	$(BIN)/python -m mypy dataflow operators diarflow/models
 	$(BIN)/python -m pytest -q
 
+notebooks: $(VENV)/.installed-notebooks models
+	$(BIN)/python -m jupyter lab --ip=127.0.0.1 --port=$(NOTEBOOK_PORT) --notebook-dir=notebooks --no-browser
+
+dist: $(VENV)/.installed-test
+	$(BIN)/python -m build --sdist --wheel --outdir dist .
+
 bench: setup-test
 	$(BIN)/python -m tools.bench_embeddings
 	$(BIN)/python -m tools.bench_diarization
 	$(BIN)/python -m tools.bench_stream_compute
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis *.egg-info build dist
