@@ -28,9 +28,11 @@ $(VENV)/.installed-notebooks: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed models
 setup-test: $(VENV)/.installed-test models
-	@# the page test drives a headless Chromium: install Debian's package once, only if it is missing
-	@test -x /usr/bin/chromium || { apt-get update -qq >/dev/null && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@# the page test drives a headless Chromium: install Debian's package once, only if it is missing.
+	@# That needs root; elsewhere the page tests skip with the reason, except under CI=true, where they fail.
+	@test -x /usr/bin/chromium || { apt-get update -qq >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+		{ test "$$CI" != true && echo "note: could not install chromium (needs root): the page tests will be skipped"; }
 
 models: | $(BIN)/python
 	$(BIN)/diarflow models install
