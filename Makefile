@@ -45,7 +45,9 @@ test: setup-test
 	$(BIN)/python -m pytest -q
 
 notebooks: $(VENV)/.installed-notebooks models
-	$(BIN)/python -m jupyter lab --ip=127.0.0.1 --port=$(NOTEBOOK_PORT) --notebook-dir=notebooks --no-browser
+	@# JupyterLab refuses to run as root unless told; containers and CI machines often are root
+	$(BIN)/python -m jupyter lab --ip=127.0.0.1 --port=$(NOTEBOOK_PORT) --notebook-dir=notebooks --no-browser \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 dist: $(VENV)/.installed-test
 	$(BIN)/python -m build --sdist --wheel --outdir dist .
