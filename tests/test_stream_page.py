@@ -238,3 +238,12 @@ async def test_page_shows_two_speakers_from_the_microphone(page_server: ServerTh
         await tools.screenshot(ARTIFACTS / "stream_page_final.png")
     async with aiohttp.ClientSession() as http, http.get(page_server.http + "/health") as response:
         assert (await response.json())["sessions"] == 0
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_missing_chromium_skips_only_outside_ci(monkeypatch: pytest.MonkeyPatch, ci: str,
+                                                outcome: type[BaseException]) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="chromium is not installed"):
+        _chromium()
