@@ -74,6 +74,7 @@ def _write(samples: np.ndarray, path: Path, codec: str) -> None:
     """16 kHz mono float32 samples into ``path`` with ``codec`` (PyAV converts to the codec's format)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=16000)
+        assert isinstance(stream, av.AudioStream)
         stream.layout = "mono"
         for lo in range(0, len(samples), 1024):
             frame = av.AudioFrame.from_ndarray(samples[None, lo:lo + 1024], format="flt", layout="mono")
