@@ -186,33 +186,8 @@ def _consistent_names(state: dict[str, Any]) -> None:
     assert set(state["rows"]) <= set(expected) and state["rows"]
 
 
-async def test_file_mode_uploads_diarizes_and_offers_downloads(page_server: ServerThread, clip_wav: Path,
-                                                               speech_clips: dict[str, DevItem],
-                                                               tmp_path: Path) -> None:
-    item = speech_clips["three_speakers"]
-    async with _browser(clip_wav, tmp_path / "profile") as tools:
-        await _open_page(tools, page_server.http + "/")
-        assert await tools.js("document.getElementById('file-panel').hidden") is False  # the default mode
-        await tools.screenshot(ARTIFACTS / "page_file_empty.png")
-        document = await tools.call("DOM.getDocument")
-        found = await tools.call("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file")
-        await tools.call("DOM.setFileInputFiles", files=[str(item.audio_path)], nodeId=found["nodeId"])
-        done = await _wait_for(tools, lambda s: s["file"] == "done", within_s=120)
-        assert len(set(done["speakers"])) >= 2, done
-        assert "Final result" in done["summary"] and done["downloads_shown"]
-        _consistent_names(done)
-        assert len(done["rows"]) == len(done["speakers"])  # one table row per turn on the timeline
-        assert done["confidence_frames"] == math.ceil(item.duration_s / 0.02 - 1e-6)  # 20 ms scores, whole file
-        await tools.screenshot(ARTIFACTS / "page_file_result.png")
-        files = await tools.js(DOWNLOADS)
-    assert files["rttm"]["name"] == "three_speakers.rttm" and files["json"]["name"] == "three_speakers.json"
-    rttm = files["rttm"]["text"].splitlines()
-    assert len(rttm) == len(done["speakers"]) and all(line.startswith("SPEAKER three_speakers 1 ") for line in rttm)
-    output = json.loads(files["json"]["text"])
-    assert len(output["diarization"]) == len(rttm) and output["confidence"]["resolution"] == 0.02
-    assert {row["speaker"] for row in output["diarization"]} == {f"SPEAKER_{k:02d}" for k in set(done["speakers"])}
-
-
+# The microphone test runs first: a job worker that has just finished (the file test) keeps a core busy for a
+# while, and on a 2-core machine a starved browser audio thread feeds the live endpoint glitchy audio.
 async def test_page_shows_two_speakers_from_the_microphone(page_server: ServerThread, clip_wav: Path,
                                                            tmp_path: Path) -> None:
     async with _browser(clip_wav, tmp_path / "profile") as tools:
@@ -238,6 +213,33 @@ async def test_page_shows_two_speakers_from_the_microphone(page_server: ServerTh
         await tools.screenshot(ARTIFACTS / "stream_page_final.png")
     async with aiohttp.ClientSession() as http, http.get(page_server.http + "/health") as response:
         assert (await response.json())["sessions"] == 0
+
+
+async def test_file_mode_uploads_diarizes_and_offers_downloads(page_server: ServerThread, clip_wav: Path,
+                                                               speech_clips: dict[str, DevItem],
+                                                               tmp_path: Path) -> None:
+    item = speech_clips["three_speakers"]
+    async with _browser(clip_wav, tmp_path / "profile") as tools:
+        await _open_page(tools, page_server.http + "/")
+        assert await tools.js("document.getElementById('file-panel').hidden") is False  # the default mode
+        await tools.screenshot(ARTIFACTS / "page_file_empty.png")
+        document = await tools.call("DOM.getDocument")
+        found = await tools.call("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file")
+        await tools.call("DOM.setFileInputFiles", files=[str(item.audio_path)], nodeId=found["nodeId"])
+        done = await _wait_for(tools, lambda s: s["file"] == "done", within_s=120)
+        assert len(set(done["speakers"])) >= 2, done
+        assert "Final result" in done["summary"] and done["downloads_shown"]
+        _consistent_names(done)
+        assert len(done["rows"]) == len(done["speakers"])  # one table row per turn on the timeline
+        assert done["confidence_frames"] == math.ceil(item.duration_s / 0.02 - 1e-6)  # 20 ms scores, whole file
+        await tools.screenshot(ARTIFACTS / "page_file_result.png")
+        files = await tools.js(DOWNLOADS)
+    assert files["rttm"]["name"] == "three_speakers.rttm" and files["json"]["name"] == "three_speakers.json"
+    rttm = files["rttm"]["text"].splitlines()
+    assert len(rttm) == len(done["speakers"]) and all(line.startswith("SPEAKER three_speakers 1 ") for line in rttm)
+    output = json.loads(files["json"]["text"])
+    assert len(output["diarization"]) == len(rttm) and output["confidence"]["resolution"] == 0.02
+    assert {row["speaker"] for row in output["diarization"]} == {f"SPEAKER_{k:02d}" for k in set(done["speakers"])}
 
 
 @pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
