@@ -186,8 +186,8 @@ def _consistent_names(state: dict[str, Any]) -> None:
     assert set(state["rows"]) <= set(expected) and state["rows"]
 
 
-# The microphone test runs first: a job worker that has just finished (the file test) keeps a core busy for a
-# while, and on a 2-core machine a starved browser audio thread feeds the live endpoint glitchy audio.
+# The microphone test runs first. After the file test it failed twice under load (all speech one speaker),
+# likely because the just-finished job worker still competes for the 2 cores with the browser's audio thread.
 async def test_page_shows_two_speakers_from_the_microphone(page_server: ServerThread, clip_wav: Path,
                                                            tmp_path: Path) -> None:
     async with _browser(clip_wav, tmp_path / "profile") as tools:
