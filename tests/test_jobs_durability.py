@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from diarflow.evaluation import DevItem
+from diarflow.testing.evaluation import DevItem
 from diarflow.models import ModelPaths
 from diarflow.testing import ServerProcess, children_of, upload, wait_for_job
 
@@ -82,9 +82,9 @@ def _server(data_dir: Path, model_paths: ModelPaths, **jobs: object) -> ServerPr
 
 
 async def test_restart_mid_job_and_webhook_retry_across_restart(tmp_path: Path, model_paths: ModelPaths,
-                                                                dev_items: list[DevItem],
+                                                                speech_clips: dict[str, DevItem],
                                                                 receiver: Receiver) -> None:
-    dev06 = next(i for i in dev_items if i.uri == "dev06")
+    dev06 = speech_clips["six_speakers"]
     first = _server(tmp_path, model_paths, webhook_retry_delays_s=[1.5, 1.5, 1.5]).start()
     try:
         async with aiohttp.ClientSession(first.url) as api:
@@ -135,8 +135,8 @@ async def test_restart_mid_job_and_webhook_retry_across_restart(tmp_path: Path, 
 
 
 async def test_killed_worker_is_retried_once_then_fails(tmp_path: Path, model_paths: ModelPaths,
-                                                        dev_items: list[DevItem]) -> None:
-    dev06 = next(i for i in dev_items if i.uri == "dev06")
+                                                        speech_clips: dict[str, DevItem]) -> None:
+    dev06 = speech_clips["six_speakers"]
     with _server(tmp_path, model_paths) as server:
         async with aiohttp.ClientSession(server.url) as api:
             await upload(api, "media://dev06.flac", dev06.audio_path)
@@ -177,8 +177,8 @@ async def test_outputs_and_media_expire(tmp_path: Path, model_paths: ModelPaths)
 
 
 async def test_audio_over_the_length_limit_fails(tmp_path: Path, model_paths: ModelPaths,
-                                                 dev_items: list[DevItem]) -> None:
-    dev06 = next(i for i in dev_items if i.uri == "dev06")
+                                                 speech_clips: dict[str, DevItem]) -> None:
+    dev06 = speech_clips["six_speakers"]
     with _server(tmp_path, model_paths, max_audio_s=20.0) as server:
         async with aiohttp.ClientSession(server.url) as api:
             await upload(api, "media://dev06.flac", dev06.audio_path)

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from diarflow.dataflow import StreamingSession
-from diarflow.evaluation import DevItem
+from diarflow.testing.evaluation import DevItem
 from diarflow.models import ModelPaths
 from diarflow.operators.messages import PcmBytes, Snapshot
 from diarflow.operators.models import Resources
@@ -44,9 +44,9 @@ def server(model_paths: ModelPaths) -> Iterator[ServerThread]:
 
 
 @pytest.fixture(scope="module")
-def dev01_frames(dev_items: list[DevItem]) -> list[bytes]:
-    item = next(i for i in dev_items if i.uri == "dev01")
-    return file_frames(item.audio_path)
+def dev01_frames(speech_clips: dict[str, DevItem]) -> list[bytes]:
+    """200 ms frames of ``two_speakers`` (dev01's first minute: 297 frames)."""
+    return file_frames(speech_clips["two_speakers"].audio_path)
 
 
 async def session_count(server: ServerThread) -> int:

@@ -1,4 +1,4 @@
-"""Test and benchmark support (not used by the library at run time): real servers on 127.0.0.1."""
+"""Support for tests, benchmarks and notebooks run from a checkout (not needed to use diarflow): real servers on 127.0.0.1, evaluation helpers."""
 
 from diarflow.testing.server_process import (
     ServerProcess,
