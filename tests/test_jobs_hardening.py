@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 from aiohttp import web
 
-from diarflow.evaluation import DevItem
+from diarflow.testing.evaluation import DevItem
 from diarflow.models import ModelPaths
 from diarflow.testing import ServerProcess, rss_bytes, upload, wait_for_job
 
@@ -79,10 +79,10 @@ def test_partial_uploads_of_an_earlier_run_are_swept_at_startup(server: ServerPr
 
 
 async def test_store_write_failure_never_wedges_job_processing(api: aiohttp.ClientSession, server: ServerProcess,
-                                                               dev_items: list[DevItem]) -> None:
+                                                               speech_clips: dict[str, DevItem]) -> None:
     """Defect 1: two jobs finish while the store refuses writes; both outcomes are kept and recorded once the
     store recovers, /health says degraded meanwhile, and a new job runs without a restart."""
-    dev06 = next(i for i in dev_items if i.uri == "dev06")
+    dev06 = speech_clips["six_speakers"]
     await upload(api, "media://dev06.flac", dev06.audio_path)
     ids = [(await (await api.post("/v1/diarize", json={"url": "media://dev06.flac"})).json())["jobId"]
            for _ in range(2)]
@@ -211,8 +211,8 @@ async def test_hidden_length_fails_before_decoding_with_a_round_limit(api: aioht
 
 
 async def test_progress_moves_while_a_job_of_undeclared_length_runs(api: aiohttp.ClientSession, tmp_path: Path,
-                                                                     dev_items: list[DevItem]) -> None:
-    dev05 = next(i for i in dev_items if i.uri == "dev05")
+                                                                     speech_clips: dict[str, DevItem]) -> None:
+    dev05 = speech_clips["six_speakers"]
     samples, _ = sf.read(dev05.audio_path, dtype="int16")
     hidden = _hidden_length_flac(tmp_path / "dev05_hidden.flac", samples)
     await upload(api, "media://dev05_hidden.flac", hidden)

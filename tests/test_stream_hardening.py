@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import aiohttp
 import pytest
 
-from diarflow.evaluation import DevItem
+from diarflow.testing.evaluation import DevItem
 from diarflow.models import ModelPaths
 from diarflow.servers.state import ServerSettings
 from diarflow.servers.stream_client import START, file_frames
@@ -150,11 +150,11 @@ def quiet_server(model_paths: ModelPaths) -> Iterator[ServerThread]:
 
 @pytest.mark.timeout(900)
 async def test_client_that_never_reads_loses_its_session(quiet_server: ServerThread,
-                                                         dev_items: list[DevItem]) -> None:
+                                                         speech_clips: dict[str, DevItem]) -> None:
     """Defect 9: speech pushed as fast as possible, answers never read: once a message cannot be sent within
     ``send_timeout_s`` the session ends and its slot is free again."""
     server = quiet_server
-    dev01 = next(i for i in dev_items if i.uri == "dev01")
+    dev01 = speech_clips["two_speakers"]
     frames = file_frames(dev01.audio_path)
     sock = _upgrade(server.port)
     sock.settimeout(2.0)

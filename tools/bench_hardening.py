@@ -20,7 +20,8 @@ import aiohttp
 import numpy as np
 import soundfile as sf
 
-from diarflow.evaluation import default_dev_dir, load_dev_items
+from tools import exit_without_dev_corpus
+from diarflow.testing.evaluation import default_dev_dir, load_dev_items
 from diarflow.models import ensure_models
 from diarflow.testing import ServerProcess, rss_bytes, upload, wait_for_job
 
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--skip-recovery", action="store_true")
     args = parser.parse_args()
+    exit_without_dev_corpus("bench_hardening")
     model_dir = ensure_models().campplus.parent
     bench_rss(model_dir, args.requests)
     if not args.skip_recovery:

@@ -30,7 +30,8 @@ from typing import Any, Sequence
 
 import aiohttp
 
-from diarflow.evaluation import DevItem, Turn, diarization_error_rate, load_dev_items, read_rttm
+from tools import exit_without_dev_corpus
+from diarflow.testing.evaluation import DevItem, Turn, diarization_error_rate, load_dev_items, read_rttm
 from diarflow.servers.stream_client import StreamOutcome, file_frames, percentile_ms, stream_frames
 from diarflow.testing import free_port
 
@@ -252,6 +253,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--der-files", type=int, default=None, help="DER phase: only the first N dev files")
     parser.add_argument("--skip", action="append", default=[], choices=["latency", "long", "der"])
     args = parser.parse_args(argv)
+    exit_without_dev_corpus("bench_stream")
     random.seed(0)
     items = load_dev_items()
     library = [file_frames(i.audio_path) for i in items]
