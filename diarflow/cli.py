@@ -53,6 +53,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from diarflow.servers.app import ServerSettings, run_server
+    from diarflow.servers.jobs.settings import JobsSettings
 
     settings = ServerSettings(
         host=args.host,
@@ -61,6 +62,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         auth_enabled=args.auth or os.environ.get("AUTH_ENABLED", "").lower() in {"1", "true", "yes"},
         idle_timeout_s=args.idle_timeout,
         data_dir=Path(args.data_dir) if args.data_dir else None,
+        jobs=JobsSettings(backend=args.workers, ray_address=args.ray_address),
     )
     try:
         run_server(settings)
@@ -181,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="offline (default, best accuracy) or stream (the live endpoint's path, 200 ms chunks)")
     diar.set_defaults(func=_cmd_diarize)
 
+    from diarflow.batch import add_batch_arguments, batch_command
+
+    batch = sub.add_parser("batch", help="diarize many files (folders, globs, lists) locally or on Ray, resumable")
+    add_batch_arguments(batch)
+    batch.set_defaults(func=batch_command)
+
     serve = sub.add_parser("serve", help="run the HTTP / WebSocket server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -191,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=None, metavar="DIR",
                        help="job API data: SQLite store, uploaded media, secrets "
                             "(default $DIARFLOW_DATA_DIR or ~/.local/share/diarflow)")
+    serve.add_argument("--workers", choices=["local", "ray"], default="local",
+                       help="where job API jobs run: local processes (default) or a Ray actor pool")
+    serve.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="with --workers ray: join this Ray cluster ('auto' or host:port); default a local Ray")
     serve.set_defaults(func=_cmd_serve)
 
     stream = sub.add_parser("stream", help="stream a file to a running server's live endpoint")

@@ -11,9 +11,9 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["JobFailure", "init_worker", "run_job"]
+__all__ = ["JobFailure", "StoreProgress", "init_worker", "load_resources", "run_job", "run_job_reporting"]
 
 _resources: Any = None
 _PROGRESS_PERIOD_S = 0.5
@@ -35,17 +35,22 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(0)
 
 
-def init_worker(model_dir: str | None, parent_pid: int) -> None:
-    """Pool initializer: load the models once for every job this process will run."""
+def load_resources(model_dir: str | None) -> None:
+    """Load the models once for every job this process (a pool worker or a Ray actor) will run."""
     global _resources
     from diarflow.operators.models import Resources
 
+    _resources = Resources.load(Path(model_dir) if model_dir else None, parallel_calls=1)
+
+
+def init_worker(model_dir: str | None, parent_pid: int) -> None:
+    """Pool initializer: load the models once for every job this process will run."""
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     try:  # batch work yields the CPU to the server's event loop, so polling stays fast under load
         os.nice(5)
     except OSError:
         pass
-    _resources = Resources.load(Path(model_dir) if model_dir else None, parallel_calls=1)
+    load_resources(model_dir)
 
 
 def warm_up() -> int:
@@ -53,31 +58,43 @@ def warm_up() -> int:
     return os.getpid()
 
 
-class _Reporter:
-    """Writes progress (0..1) at most every ``_PROGRESS_PERIOD_S`` and notices cancellation."""
+class StoreProgress:
+    """Writes a job's progress (0..1) to the store at most every ``_PROGRESS_PERIOD_S`` and notices
+    cancellation (raises ``_Canceled`` once the job is no longer running)."""
 
-    def __init__(self, db_path: str, job_id: str, total_s: float | None, limit_s: float) -> None:
+    def __init__(self, db_path: str, job_id: str, worker_pid: int | None = None) -> None:
         self._conn = sqlite3.connect(db_path, timeout=10.0, isolation_level=None)
         self._conn.execute("PRAGMA busy_timeout=10000")
         self._job_id = job_id
-        self._total_s = total_s
-        self._limit_s = limit_s
         self._last = 0.0
-        self._conn.execute("UPDATE jobs SET worker_pid = ? WHERE id = ?", (os.getpid(), job_id))
+        self._pid: int | None = None
+        if worker_pid is not None:
+            self.set_worker(worker_pid)
 
-    def __call__(self, done_s: float) -> None:
-        if done_s > self._limit_s:
-            raise JobFailure(_too_long(self._limit_s))
+    def set_worker(self, pid: int) -> None:
+        if pid != self._pid:
+            self._pid = pid
+            self._conn.execute("UPDATE jobs SET worker_pid = ? WHERE id = ?", (pid, self._job_id))
+
+    def __call__(self, done_s: float, total_s: float | None) -> None:
         now = time.monotonic()
         if now - self._last < _PROGRESS_PERIOD_S:
             return
         self._last = now
-        fraction = min(done_s / self._total_s, 0.99) if self._total_s else 0.0
+        fraction = min(done_s / total_s, 0.99) if total_s else 0.0
         row = self._conn.execute("SELECT status FROM jobs WHERE id = ?", (self._job_id,)).fetchone()
         if row is None or row[0] != "running":
             raise _Canceled()
         self._conn.execute("UPDATE jobs SET progress = ? WHERE id = ? AND status = 'running'",
                            (round(fraction, 4), self._job_id))
+
+    def canceled(self, done_s: float, total_s: float | None) -> bool:
+        """The same, as a question (for a worker that runs elsewhere and is polled)."""
+        try:
+            self(done_s, total_s)
+        except _Canceled:
+            return True
+        return False
 
     def close(self) -> None:
         self._conn.close()
@@ -91,21 +108,49 @@ def _too_long(limit_s: float) -> str:
 
 def run_job(job_id: str, kind: str, input_path: str, params: dict[str, Any], db_path: str,
             max_audio_s: float, source_name: str) -> dict[str, Any] | None:
-    """Run one job; returns its output, or ``None`` if it was canceled meanwhile.
+    """Run one job in a local worker process; returns its output, or ``None`` if it was canceled
+    meanwhile (progress and cancellation go through the store at ``db_path``).
 
     Raises
     ------
     JobFailure
         Unreadable input, audio too long, invalid speaker constraints, a bad voiceprint.
     """
+    progress = StoreProgress(db_path, job_id, os.getpid())
+    try:
+        return _execute(kind, input_path, params, max_audio_s, source_name, progress)
+    finally:
+        progress.close()
+
+
+def run_job_reporting(kind: str, input_path: str, params: dict[str, Any], max_audio_s: float, source_name: str,
+                      *, report: Callable[[tuple[float, float | None]], bool]) -> dict[str, Any] | None:
+    """Run one job where the store is out of reach (a Ray actor): progress ``(done_s, total_s)`` goes
+    to ``report``, which returns ``True`` once the job should stop; returns ``None`` then."""
+    def on_progress(done_s: float, total_s: float | None) -> None:
+        if report((done_s, total_s)):
+            raise _Canceled()
+
+    return _execute(kind, input_path, params, max_audio_s, source_name, on_progress)
+
+
+def _execute(kind: str, input_path: str, params: dict[str, Any], max_audio_s: float, source_name: str,
+             on_progress: Callable[[float, float | None], None]) -> dict[str, Any] | None:
     from diarflow.api import diarize
     from diarflow.audio import AudioDecodeError, probe_duration_s
 
+    if not Path(input_path).is_file():  # a Ray node that does not share the server's data folder
+        raise JobFailure("Could not load audio: the input is not readable on this worker")
     limit_s = max_audio_s if kind != "voiceprint" else min(max_audio_s, float(params.get("maxAudioS", 30.0)))
     total_s = probe_duration_s(input_path)
     if total_s is not None and total_s > limit_s + 0.05:
         raise JobFailure(_too_long(limit_s))
-    reporter = _Reporter(db_path, job_id, total_s, limit_s + 0.05)
+
+    def reporter(done_s: float) -> None:
+        if done_s > limit_s + 0.05:
+            raise JobFailure(_too_long(limit_s))
+        on_progress(done_s, total_s)
+
     try:
         if kind == "voiceprint":
             result = diarize(input_path, num_speakers=1, resources=_resources, on_progress=reporter)
@@ -119,8 +164,6 @@ def run_job(job_id: str, kind: str, input_path: str, params: dict[str, Any], db_
         raise JobFailure("Could not load audio: " + str(exc).replace(input_path, source_name)) from None
     except ValueError as exc:
         raise JobFailure(str(exc)) from None
-    finally:
-        reporter.close()
     if kind == "voiceprint":
         from diarflow.voiceprints import encode_voiceprint
 
