@@ -15,6 +15,7 @@ import asyncio
 import os
 import socket
 import threading
+import warnings
 from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -101,7 +102,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> RayConne
             raise RayUnavailable(f"cannot join the Ray cluster at {address}: {exc}") from None
         started = False
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, runtime_env=env, **quiet)
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, runtime_env=env, _node_ip_address="127.0.0.1", **quiet)
         started = True
     return RayConnection(started, int(ray.cluster_resources().get("CPU", 1)))
 
@@ -148,8 +149,6 @@ def run_batch_on_ray(items: Sequence[BatchItem], options: BatchOptions, workers:
     RayUnavailable
         Ray missing or the cluster unreachable.
     """
-    import pyarrow as pa
-
     from diarflow.batch import WORKER_DIED, FileOutcome, outcomes_from_table
 
     ray = _ray()
@@ -160,13 +159,17 @@ def run_batch_on_ray(items: Sequence[BatchItem], options: BatchOptions, workers:
         context.max_errored_blocks = -1  # a file that kills its actor every time is an error row, not a dead batch
         context.print_on_execution_start = False
         size = max(1, min(workers or connection.cpus, len(items)))
-        rows = pa.table({"uri": [i.uri for i in items], "path": [i.path for i in items]})
-        dataset = ray.data.from_arrow(rows).repartition(len(items))  # one file per block: even load, fine retries
-        results = dataset.map_batches(
-            _BatchActor, fn_constructor_kwargs={"options": options}, batch_size=1, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1,
-            max_task_retries=_MAX_TASK_RETRIES, max_restarts=-1,
-        )
+        # one file per block, made on this process (no shuffle task competing with the actors for CPUs):
+        # the load spreads evenly and a retry redoes one file
+        dataset = ray.data.from_items([{"uri": i.uri, "path": i.path} for i in items],
+                                      override_num_blocks=len(items))
+        with warnings.catch_warnings():  # restart / retry limits are still passed as remote args in 2.60
+            warnings.simplefilter("ignore")
+            results = dataset.map_batches(
+                _BatchActor, fn_constructor_kwargs={"options": options}, batch_size=1, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=size), num_cpus=1,
+                max_task_retries=_MAX_TASK_RETRIES, max_restarts=-1,
+            )
         seen: set[str] = set()
         for batch in results.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
             for outcome in outcomes_from_table(batch):
