@@ -252,21 +252,36 @@ class ActorWorker:
         ActorLost
             The actor process died during the call.
         """
-        errors = (self._ray.exceptions.RayActorError, self._ray.exceptions.ActorUnavailableError)
+        exceptions = self._ray.exceptions
+        pid = await self._ready()
+        future = asyncio.ensure_future(self._actor.call.remote(function, args))
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if we stop waiting
         try:
-            pid = await self._actor.pid.remote()
-            future = asyncio.ensure_future(self._actor.call.remote(function, args))
             while True:
                 done, _ = await asyncio.wait({future}, timeout=poll_s)
                 if done:
                     return future.result()
                 if on_poll(await self._actor.progress.remote(), pid):
                     await self._actor.cancel.remote()
-        except errors as exc:
+        except (exceptions.RayActorError, exceptions.ActorUnavailableError) as exc:
             raise ActorLost(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-        except self._ray.exceptions.RayTaskError as exc:  # the function's own exception, as raised
+        except exceptions.RayTaskError as exc:  # the function's own exception, as raised
             cause = getattr(exc, "cause", None)
             raise (cause if isinstance(cause, Exception) else exc) from None
+
+    async def _ready(self, timeout_s: float = 300.0) -> int:
+        """The actor's pid once it answers (a restarted actor reloads its models first)."""
+        exceptions = self._ray.exceptions
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            try:
+                return int(await self._actor.pid.remote())
+            except exceptions.ActorUnavailableError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ActorLost("the actor did not come back") from None
+                await asyncio.sleep(0.5)
+            except exceptions.RayActorError as exc:
+                raise ActorLost(str(exc).splitlines()[0]) from None
 
     def close(self) -> None:
         try:
