@@ -27,13 +27,13 @@ def _row(data_dir: Path, job_id: str) -> dict:
 async def test_killed_actor_job_is_retried_and_progress_reported(tmp_path: Path, model_paths: ModelPaths,
                                                                  dev_items: list[DevItem]) -> None:
     pytest.importorskip("ray")
-    dev06 = next(i for i in dev_items if i.uri == "dev06")
+    dev05 = next(i for i in dev_items if i.uri == "dev05")
     with ServerProcess(tmp_path, env={"DIARFLOW_ALLOW_PRIVATE_URLS": "1"},
                        jobs={"workers": 1, "rate_limit_get": 100_000, "backend": "ray"},
                        model_dir=str(model_paths.campplus.parent)) as server:
         async with aiohttp.ClientSession(server.url) as api:
-            await upload(api, "media://dev06.flac", dev06.audio_path)
-            job_id = (await (await api.post("/v1/diarize", json={"url": "media://dev06.flac"})).json())["jobId"]
+            await upload(api, "media://dev05.flac", dev05.audio_path)
+            job_id = (await (await api.post("/v1/diarize", json={"url": "media://dev05.flac"})).json())["jobId"]
             deadline = time.monotonic() + 60
             while not ((row := _row(tmp_path, job_id)).get("worker_pid") and row.get("progress")):
                 assert time.monotonic() < deadline, row
