@@ -447,7 +447,7 @@ class Progress:
         self.audio_s = 0.0
         self.started = time.monotonic()
         self._last_print = 0.0
-        self._tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
+        self.tty = bool(stream is not None and getattr(stream, "isatty", lambda: False)())
 
     def line(self) -> str:
         elapsed_s = max(time.monotonic() - self.started, 1e-9)
@@ -462,7 +462,7 @@ class Progress:
         if self.stream is None:
             return
         now = time.monotonic()
-        if self._tty:
+        if self.tty:
             self.stream.write(f"\r{self.line()}")
             self.stream.flush()
         elif now - self._last_print >= self.period_s or self.done == self.total_files:
@@ -470,7 +470,7 @@ class Progress:
             print(self.line(), file=self.stream, flush=True)
 
     def finish(self) -> None:
-        if self.stream is not None and self._tty:
+        if self.stream is not None and self.tty:
             self.stream.write("\n")
 
 
@@ -638,7 +638,7 @@ def run_batch(inputs: Sequence[str], out_dir: str | Path, options: BatchOptions 
         if outcome.status != "ok":
             report.failed += 1
             report.errors.append((outcome.path, outcome.error or ""))
-            if stream is not None and not progress._tty:
+            if stream is not None and not progress.tty:
                 warn(f"{outcome.path}: {outcome.error}")
 
     try:

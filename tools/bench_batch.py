@@ -58,7 +58,7 @@ class _PeakRss:
                     continue
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
                 if (self.marker and self.marker in cmdline) or (self.parent_pid and ppid == self.parent_pid
-                                                                and b"multiprocessing" in cmdline):
+                                                                and b"spawn_main" in cmdline):
                     for line in status.splitlines():
                         if line.startswith("VmHWM:"):
                             self.peaks[int(entry.name)] = max(self.peaks.get(int(entry.name), 0),
