@@ -220,7 +220,7 @@ class _CallActor:
 
 def _resolve(path: str) -> Callable[..., Any]:
     module, _, name = path.partition(":")
-    return getattr(import_module(module), name)  # type: ignore[no-any-return]
+    return getattr(import_module(module), name)
 
 
 class ActorWorker:

@@ -116,7 +116,7 @@ class RayActorSlot:
             return reported is not None and progress.canceled(*reported)
 
         try:
-            return await self._actor.call(  # type: ignore[no-any-return]
+            return await self._actor.call(
                 "diarflow.servers.jobs.worker:run_job_reporting",
                 (call.kind, call.input_path, call.params, call.max_audio_s, call.source_name), on_poll)
         except ActorLost:
