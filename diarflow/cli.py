@@ -53,6 +53,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from diarflow.servers.app import ServerSettings, run_server
+    from diarflow.ray_backend import RayUnavailable
     from diarflow.servers.jobs.settings import JobsSettings
 
     settings = ServerSettings(
@@ -68,6 +69,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         run_server(settings)
     except ModelProvisioningError as exc:
         print(f"diarflow: cannot start, models unavailable: {exc}", file=sys.stderr)
+        return 1
+    except RayUnavailable as exc:
+        print(f"diarflow: cannot start the Ray workers: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -95,7 +95,12 @@ def setup_jobs(app: web.Application, data_dir: Path | None, settings: JobsSettin
                           KeyRing.from_env(auth_enabled, api_keys), RateLimiter(), runner)
         app[JOBS] = ctx
         dispatcher = WebhookDispatcher(store, WebhookSecrets.load(root), settings, http, runner.on_terminal)
-        await runner.start()
+        try:
+            await runner.start()
+        except BaseException:  # e.g. no Ray cluster at --ray-address: close what was opened
+            await http.close()
+            store.close()
+            raise
         tasks = [asyncio.create_task(dispatcher.run()), asyncio.create_task(_sweeper(ctx, work_dir))]
         log.info("job API ready: data in %s, %d workers", root, settings.worker_count)
         try:
