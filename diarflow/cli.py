@@ -52,8 +52,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from diarflow.servers.app import ServerSettings, run_server
     from diarflow.ray_backend import RayUnavailable
+    from diarflow.servers.app import ServerSettings, run_server
     from diarflow.servers.jobs.settings import JobsSettings
 
     settings = ServerSettings(
