@@ -13,7 +13,18 @@ SAMPLE_RATE = 16000
 
 
 class AudioDecodeError(ValueError):
-    """The input could not be read as audio; the message names the file."""
+    """The input could not be read as audio; the message names the file and a plain reason."""
+
+
+def _plain_reason(exc: BaseException) -> str:
+    """FFmpeg's or the OS's reason without its error number and repeated path.
+
+    ``[Errno 1094995529] Invalid data found when processing input: 'x.mp3'`` becomes
+    ``invalid data found when processing input``.
+    """
+    reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    reason = reason.strip().rstrip(".")
+    return reason[:1].lower() + reason[1:]
 
 
 def decode_chunks(path: str | Path, chunk_samples: int = 30 * SAMPLE_RATE) -> Iterator[np.ndarray]:
@@ -30,13 +41,17 @@ def decode_chunks(path: str | Path, chunk_samples: int = 30 * SAMPLE_RATE) -> It
     import av
 
     path = Path(path)
+    if not path.exists():
+        raise AudioDecodeError(f"{path}: no such file")
+    if path.is_dir():
+        raise AudioDecodeError(f"{path}: is a folder, not an audio file")
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
-        raise AudioDecodeError(f"could not read {path} as audio: {exc}") from None
+        raise AudioDecodeError(f"{path}: not an audio or video file FFmpeg can read ({_plain_reason(exc)})") from None
     with container:
         if not container.streams.audio:
-            raise AudioDecodeError(f"{path} has no audio track")
+            raise AudioDecodeError(f"{path}: has no audio track")
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         pending: list[np.ndarray] = []
@@ -54,7 +69,8 @@ def decode_chunks(path: str | Path, chunk_samples: int = 30 * SAMPLE_RATE) -> It
                 pending.append(out.to_ndarray().reshape(-1))
                 pending_len += pending[-1].shape[0]
         except av.error.FFmpegError as exc:
-            raise AudioDecodeError(f"could not decode {path}: {exc}") from None
+            raise AudioDecodeError(f"{path}: the audio is damaged and could not be decoded "
+                                   f"({_plain_reason(exc)})") from None
         if pending_len:
             merged = np.concatenate(pending)
             for lo in range(0, len(merged), chunk_samples):

@@ -705,8 +705,12 @@ def add_batch_arguments(parser: Any) -> None:
                         "a re-run skips files already done there)")
     parser.add_argument("--format", default=",".join(FORMATS),
                         help="comma-separated: rttm, json (per file), parquet (segments dataset); default all")
-    for name in ("--num-speakers", "--min-speakers", "--max-speakers"):
-        parser.add_argument(name, type=_positive_int, metavar="N")
+    parser.add_argument("--num-speakers", type=_positive_int, metavar="N",
+                        help="exactly N speakers in every file; cannot be combined with --min/--max-speakers")
+    parser.add_argument("--min-speakers", type=_positive_int, metavar="N",
+                        help="at least N speakers per file (default: estimated from the audio)")
+    parser.add_argument("--max-speakers", type=_positive_int, metavar="N",
+                        help="at most N speakers per file (default: no limit)")
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="local: a process pool on this machine (default); ray: Ray Data actors")
     parser.add_argument("--ray-address", default=None, metavar="ADDR",

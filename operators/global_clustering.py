@@ -1,98 +1,47 @@
-"""Offline re-clustering of all window embeddings in bounded memory (no N x N matrix for large N)."""
+"""Offline clustering of all window embeddings in bounded memory (no N x N matrix for large N)."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.sparse import csr_matrix
 
-__all__ = ["cluster_embeddings", "count_constrained_cut", "label_sums"]
+from .speaker_clustering import spectral_clusters
+from .vectors import BLOCK_ROWS as _BLOCK_ROWS, kmeans as _kmeans, label_sums, normalise as _normalise
 
-_BLOCK_ROWS = 2048  # rows per similarity block: (2048, 600) float32 is 5 MB whatever the input length
-_DENSE_ONE_HOT = 1 << 16  # label_sums uses a dense one-hot matrix up to this many cells
-_SEED_SAMPLE = 4096  # k-means++ seeds from a sample of at most max(8 k, this) windows
-
-
-def label_sums(labels: np.ndarray, vectors: np.ndarray, count: int) -> np.ndarray:
-    """Sum of the rows of each label: float64 ``(count, dim)`` from ``labels (n,)`` in [0, count) and
-    ``vectors (n, dim)``. A sparse product: O(n) memory, and far faster than ``ufunc.at`` on rows."""
-    labels = np.asarray(labels, np.int64)
-    if count * len(labels) <= _DENSE_ONE_HOT:  # small (the online clusterer's buffer): dense is faster
-        one_hot = np.zeros((count, len(labels)))
-        one_hot[labels, np.arange(len(labels))] = 1.0
-        return one_hot @ np.asarray(vectors, np.float64)
-    sums = np.zeros((count, vectors.shape[1]))
-    for lo in range(0, len(labels), _BLOCK_ROWS):  # float64 sums without a float64 copy of all rows
-        block = labels[lo:lo + _BLOCK_ROWS]
-        one_hot = csr_matrix((np.ones(len(block)), (block, np.arange(len(block)))), shape=(count, len(block)))
-        sums += one_hot @ np.asarray(vectors[lo:lo + _BLOCK_ROWS], np.float64)
-    return sums
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _kmeans(vectors: np.ndarray, k: int, iterations: int, seed: int = 0) -> np.ndarray:
-    """Spherical k-means with deterministic k-means++ seeding on a subsample; returns labels (n,)."""
-    rng = np.random.default_rng(seed)
-    n = len(vectors)
-    sample = vectors[rng.choice(n, size=min(n, max(8 * k, _SEED_SAMPLE)), replace=False)]
-    centres = [sample[0]]
-    best = 1.0 - sample @ sample[0]
-    for _ in range(1, k):
-        probs = np.maximum(best, 0) ** 2
-        idx = int(rng.choice(len(sample), p=probs / probs.sum())) if probs.sum() > 0 else int(rng.integers(len(sample)))
-        centres.append(sample[idx])
-        best = np.minimum(best, 1.0 - sample @ sample[idx])
-    centroids = np.stack(centres)  # (k, dim)
-    labels = np.zeros(n, dtype=np.int64)
-    for _ in range(iterations):
-        for lo in range(0, n, _BLOCK_ROWS):  # bounded working set: (rows, k) at a time
-            labels[lo:lo + _BLOCK_ROWS] = np.argmax(vectors[lo:lo + _BLOCK_ROWS] @ centroids.T, axis=1)
-        sums = label_sums(labels, vectors, len(centroids)).astype(centroids.dtype)
-        empty = np.linalg.norm(sums, axis=1) == 0
-        sums[empty] = centroids[empty]
-        centroids = _normalise(sums)
-    return labels
-
-
-def count_constrained_cut(tree: np.ndarray, threshold: float, min_count: int, max_count: int) -> np.ndarray:
-    """Flat clusters from a linkage tree: cut at ``threshold`` unless that gives a count outside
-    ``[min_count, max_count]``, in which case cut at the nearest allowed count. Labels from 0."""
-    labels = fcluster(tree, t=threshold, criterion="distance")
-    count = int(labels.max())
-    if count < min_count or count > max_count:
-        labels = fcluster(tree, t=min(max(count, min_count), max_count), criterion="maxclust")
-    return labels - 1
-
+__all__ = ["cluster_embeddings"]
 
 def cluster_embeddings(
     vectors: np.ndarray,
-    threshold: float,
     min_speakers: int = 1,
     max_speakers: int | None = None,
+    merge_similarity: float = 0.7,
+    prune_fraction: float = 0.012,
     max_direct: int = 2500,
     num_micro_clusters: int = 600,
     min_cluster_size: int = 3,
 ) -> np.ndarray:
-    """Cluster L2-normalised embeddings into speakers; the count is estimated unless fixed.
+    """Cluster L2-normalised embeddings into speakers; the count is estimated per recording unless fixed.
 
-    Average-linkage agglomerative clustering on cosine distance, cut at ``threshold``. Up to
-    ``max_direct`` windows it runs on the windows themselves; beyond that, spherical k-means first
-    compresses them into ``num_micro_clusters`` micro-clusters (memory O(n x k), never O(n^2)) and the
-    agglomeration runs on their centroids. Clusters smaller than ``min_cluster_size`` windows are then
-    dissolved into their nearest large cluster, and every window is finally assigned to the nearest
-    speaker centroid (two refinement passes).
+    Spectral clustering (:func:`~diarflow.operators.speaker_clustering.spectral_clusters`): the count
+    comes from the largest eigengap of the pruned affinity graph, so it adapts to how far apart the
+    voices of *this* recording are (a telephone channel raises every cosine similarity; a fixed
+    distance threshold then merges speakers). Up to ``max_direct`` windows it runs on the windows
+    themselves; beyond that, spherical k-means first compresses them into ``num_micro_clusters``
+    weighted micro-clusters (memory O(n x k), never O(n^2)). Clusters smaller than
+    ``min_cluster_size`` windows are then dissolved into their nearest large cluster, every window is
+    re-assigned to the nearest speaker centroid, and speakers whose centroids are more similar than
+    ``merge_similarity`` are merged (unless that would go below ``min_speakers``).
 
     Parameters
     ----------
     vectors
         float32 ``(n, dim)``, L2-normalised.
-    threshold
-        Cosine distance in (0, 2) at which agglomeration stops when the count is free.
     min_speakers, max_speakers
         Bounds on the number of speakers (``min == max`` fixes it).
+    merge_similarity
+        Cosine similarity in (-1, 1] of two speaker centroids above which they are one speaker
+        (lower merges more: the clustering's sensitivity knob).
+    prune_fraction
+        Fraction of nearest neighbours each row of the affinity graph keeps (at least 6).
 
     Returns
     -------
@@ -102,9 +51,9 @@ def cluster_embeddings(
     n = len(vectors)
     if n == 0:
         return np.zeros(0, np.int64)
-    max_speakers = n if max_speakers is None else max_speakers
     if n == 1:
         return np.zeros(1, np.int64)
+    weights = None
     if n <= max_direct:
         members = np.arange(n)
         points = vectors
@@ -116,13 +65,28 @@ def cluster_embeddings(
         remap[used] = np.arange(len(used))
         members = remap[members]
         points = _normalise(sums[used])
-    if len(points) == 1:
-        point_labels = np.zeros(1, np.int64)
-    else:
-        tree = linkage(points.astype(np.float64), method="average", metric="cosine")
-        point_labels = count_constrained_cut(tree, threshold, min_speakers, min(max_speakers, len(points)))
-    labels = point_labels[members]
-    return _refine(vectors, labels, min_cluster_size, min_speakers)
+        weights = np.bincount(members, minlength=len(points)).astype(np.float64)
+    upper = None if max_speakers is None else min(max_speakers, len(points))
+    point_labels = spectral_clusters(points, min(min_speakers, len(points)), upper, weights=weights,
+                                     keep_fraction=prune_fraction)
+    labels = _refine(vectors, point_labels[members], min_cluster_size, min_speakers)
+    return _merge_similar(vectors, labels, merge_similarity, min_speakers)
+
+
+def _merge_similar(vectors: np.ndarray, labels: np.ndarray, similarity: float, min_speakers: int) -> np.ndarray:
+    """Merge the most similar pair of speaker centroids while their cosine exceeds ``similarity``."""
+    while True:
+        count = int(labels.max()) + 1
+        if count <= max(min_speakers, 1):
+            return labels
+        centroids = _normalise(label_sums(labels, vectors, count))
+        sims = centroids @ centroids.T
+        np.fill_diagonal(sims, -np.inf)
+        a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
+        if sims[a, b] < similarity:
+            return labels
+        labels = np.where(labels == max(a, b), min(a, b), labels)
+        _, labels = np.unique(labels, return_inverse=True)
 
 
 def _refine(vectors: np.ndarray, labels: np.ndarray, min_cluster_size: int, min_speakers: int) -> np.ndarray:

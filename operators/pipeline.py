@@ -24,7 +24,7 @@ class PipelineConfig:
     --------
     >>> from dataclasses import replace
     >>> cfg = PipelineConfig()
-    >>> tuned = replace(cfg, clustering=replace(cfg.clustering, refine_threshold=0.6))
+    >>> tuned = replace(cfg, clustering=replace(cfg.clustering, merge_similarity=0.6))
     >>> graph = build_graph(tuned)
     """
 

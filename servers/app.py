@@ -5,44 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator
 
 from aiohttp import web
 from threadpoolctl import threadpool_limits
 
 from diarflow import __version__
 from diarflow.operators.models import Resources
-from diarflow.servers.jobs import JobsSettings, setup_jobs
+from diarflow.servers.access_log import RedactingAccessLogger
+from diarflow.servers.jobs.service import job_api_problems, setup_jobs
+from diarflow.servers.state import RESOURCES, SETTINGS, STARTED_AT, ServerSettings
+from diarflow.servers.stream import active_sessions, setup_stream
 
-__all__ = ["ServerSettings", "make_app", "run_server", "RESOURCES"]
+__all__ = ["ServerSettings", "make_app", "run_server", "RESOURCES", "SETTINGS"]
 
 log = logging.getLogger("diarflow.server")
-
-RESOURCES = web.AppKey("resources", Resources)
-SETTINGS: web.AppKey["ServerSettings"] = web.AppKey("settings")
-STARTED_AT = web.AppKey("started_at", float)
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """Everything the server needs; defaults are a local, auth-free server on 127.0.0.1:8000."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model_dir: Path | None = None
-    auth_enabled: bool = False
-    api_keys: Mapping[str, str] = field(default_factory=dict)  # key -> team; empty: $DIARFLOW_API_KEYS
-    idle_timeout_s: float = 60.0  # live stream: no frame for this long finalises the session
-    max_session_s: float = 7200.0  # live stream: audio per session before it is finalised
-    heartbeat_s: float = 30.0  # live stream: WebSocket ping interval
-    data_dir: Path | None = None  # job API store, media, secrets; None: $DIARFLOW_DATA_DIR or ~/.local/share/diarflow
-    jobs: JobsSettings = field(default_factory=JobsSettings)  # job API limits, retention, retries
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in [0, 65535], got {self.port}")
 
 
 async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -57,16 +34,17 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def health(request: web.Request) -> web.Response:
-    from .stream import active_sessions  # stream.py imports this module's app keys
-
+    """``GET /health``: 200 ``ok``, or 503 ``degraded`` with the ``problems`` found (store, disk, workers)."""
     app = request.app
+    problems = job_api_problems(app)
     return web.json_response({
-        "status": "ok",
+        "status": "degraded" if problems else "ok",
+        "problems": problems,
         "version": __version__,
         "models_loaded": RESOURCES in app,
         "uptime_s": round(time.monotonic() - app[STARTED_AT], 3),
         "sessions": active_sessions(app),
-    })
+    }, status=503 if problems else 200)
 
 
 def make_app(settings: ServerSettings | None = None) -> web.Application:
@@ -75,12 +53,8 @@ def make_app(settings: ServerSettings | None = None) -> web.Application:
     app[SETTINGS] = settings or ServerSettings()
     app.cleanup_ctx.append(_resources_ctx)
     app.router.add_get("/health", health)
-    from .stream import setup_stream  # stream.py imports this module's app keys
-
     setup_stream(app)
-    settings = app[SETTINGS]
-    setup_jobs(app, settings.data_dir, settings.jobs, settings.model_dir, settings.auth_enabled,
-               settings.api_keys)
+    setup_jobs(app)
     return app
 
 
@@ -91,4 +65,4 @@ def run_server(settings: ServerSettings) -> None:
     # sessions run in parallel on the model threads; a multi-threaded BLAS would spin on the same cores
     threadpool_limits(limits=1, user_api="blas")
     web.run_app(make_app(settings), host=settings.host, port=settings.port, print=None,
-                access_log=None, shutdown_timeout=10.0)
+                access_log_class=RedactingAccessLogger, shutdown_timeout=10.0)

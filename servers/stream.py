@@ -1,6 +1,7 @@
 """``WS /diarize/stream`` (protocol v1) and the "try it" page: translate frames into StreamingSession calls.
 
-The contract is ``shared/specs/stream-protocol.md``. One :class:`StreamingSession` per connection; the
+The contract is ``shared/specs/stream-protocol.md``; the server's own limits (idle and start timeouts, slow
+readers, the live-session cap and its close code 1013) are in ``docs/stream-session-limits.md``. One :class:`StreamingSession` per connection; the
 models in ``app[RESOURCES]`` are shared. ``session.push`` is CPU-bound, so it runs on a thread pool
 sized to the cores, one push in flight per session: the handler awaits each push before it reads the
 next frame, which is also the back-pressure (a client sending faster than compute stops being read,
@@ -20,14 +21,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Mapping, TypeVar
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from diarflow.dataflow import Graph, StreamingSession
 from diarflow.operators.messages import PcmBytes, Snapshot
 from diarflow.operators.pipeline import PipelineConfig, build_graph
 
-from .app import RESOURCES, SETTINGS
-from .auth import api_keys_from_env, team_for_token
+from diarflow.servers.auth import configured_api_keys, team_for_token
+from diarflow.servers.state import RESOURCES, SETTINGS, STREAM, ServerSettings
 
 __all__ = ["MAX_FRAME_BYTES", "StreamRegistry", "STREAM", "active_sessions", "snapshot_message", "setup_stream"]
 
@@ -38,6 +39,7 @@ MAX_FRAME_BYTES = 1 << 20
 STATIC_DIR = Path(__file__).parent / "static"
 START_FIELDS: Mapping[str, object] = {"sample_rate": 16000, "channels": 1, "sample_width": 2, "format": "pcm_s16le"}
 UNAUTHORIZED = 4401
+MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 5.5: a control frame carries at most 125 bytes, 2 of them the code
 MAX_GRAPHS = 32
 T = TypeVar("T")
 
@@ -73,9 +75,6 @@ class StreamRegistry:
         return self.graphs[key]
 
 
-STREAM = web.AppKey("stream", StreamRegistry)
-
-
 def active_sessions(app: web.Application) -> int:
     """Number of live streaming sessions (0 before startup)."""
     return app[STREAM].sessions if STREAM in app else 0
@@ -84,7 +83,7 @@ def active_sessions(app: web.Application) -> int:
 async def _stream_ctx(app: web.Application) -> AsyncIterator[None]:
     """Own the compute pool for the app's lifetime; shut it down after the sockets are closed."""
     settings = app[SETTINGS]
-    keys = dict(settings.api_keys) or api_keys_from_env()
+    keys = configured_api_keys(settings.api_keys)
     if settings.auth_enabled and not keys:
         log.warning("auth is enabled but no API keys are configured: every stream will be refused")
     pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="diarflow-stream")
@@ -152,11 +151,22 @@ def _optional_count(body: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
+def close_reason(text: str) -> bytes:
+    """``text`` as a close reason: UTF-8, cut at a character boundary within the 123-byte limit.
+
+    Examples
+    --------
+    >>> close_reason("é" * 100) == ("é" * 61).encode()
+    True
+    """
+    return text.encode("utf-8", "replace")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode()
+
+
 def _parse_text(data: str) -> dict[str, Any]:
     try:
         body = json.loads(data)
-    except ValueError:
-        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "text frame is not valid JSON") from None
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "text frame is not valid JSON (or nested too deeply)") from None
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
         raise ProtocolError(WSCloseCode.POLICY_VIOLATION, 'expected a JSON object with a string "type"')
     return body
@@ -174,20 +184,32 @@ class _StreamSocket(web.WebSocketResponse):
         return await super().close(code=code, message=message, drain=drain)
 
 
+class ClientNotReading(Exception):
+    """A message could not be handed to the client within ``send_timeout_s``: it stopped reading."""
+
+
 class _Connection:
-    """One connection's protocol state machine; only the handler task reads the socket."""
+    """One connection's protocol state machine; only the handler task reads the socket.
+
+    Activity is what the client sends (audio or a message): the WebSocket heartbeat keeps the
+    connection alive but never the session, so a silent client is finalised after ``idle_timeout_s``
+    whatever its pongs, and one that never sends ``start`` is closed after ``start_timeout_s``.
+    """
 
     def __init__(self, ws: web.WebSocketResponse, registry: StreamRegistry, resources: Any,
-                 idle_timeout_s: float, max_session_s: float) -> None:
+                 settings: ServerSettings) -> None:
         self.ws = ws
         self.registry = registry
         self.resources = resources
-        self.idle_timeout_s = idle_timeout_s
-        self.max_samples = int(max_session_s * SAMPLE_RATE)
+        self.idle_timeout_s = settings.idle_timeout_s
+        self.start_timeout_s = settings.start_timeout_s
+        self.send_timeout_s = settings.send_timeout_s
+        self.max_samples = int(settings.max_session_s * SAMPLE_RATE)
         self.session: StreamingSession | None = None
         self.session_id = ""
         self.frames = 0
         self.samples = 0
+        self.last_activity_s = time.monotonic()
 
     async def _compute(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -199,16 +221,43 @@ class _Connection:
             log.exception("session %s: inference failed", self.session_id)
             raise ProtocolError(WSCloseCode.INTERNAL_ERROR, f"inference failed: {type(exc).__name__}") from exc
 
-    async def _send(self, body: Mapping[str, Any] | str) -> None:
-        if not self.ws.closed:  # closed under us (shutdown, client gone): nothing left to tell
-            await self.ws.send_str(body if isinstance(body, str) else json.dumps(body))
+    async def send(self, body: Mapping[str, Any] | str) -> None:
+        """Send one message, or raise :class:`ClientNotReading` if it cannot leave within the bound."""
+        if self.ws.closed:  # closed under us (shutdown, client gone): nothing left to tell
+            return
+        try:
+            async with asyncio.timeout(self.send_timeout_s):
+                await self.ws.send_str(body if isinstance(body, str) else json.dumps(body))
+        except TimeoutError:
+            raise ClientNotReading(f"a message waited more than {self.send_timeout_s:g} s to be sent") from None
+
+    async def _receive(self) -> WSMessage | None:
+        """The next client frame, or ``None`` once the idle (or start) deadline has passed.
+
+        The deadline runs from the client's last message, not from the last frame of any kind:
+        aiohttp's own ``receive(timeout=...)`` restarts its wait after every pong.
+        """
+        wait_s = self.idle_timeout_s if self.session is not None else self.start_timeout_s
+        remaining_s = self.last_activity_s + wait_s - time.monotonic()
+        if remaining_s <= 0:
+            return None
+        try:
+            async with asyncio.timeout(remaining_s):
+                msg = await self.ws.receive()
+        except TimeoutError:
+            return None
+        if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            self.last_activity_s = time.monotonic()
+        return msg
 
     async def run(self) -> None:
         """Serve the connection until it ends; raises :class:`ProtocolError` on a contract breach."""
         while not self.ws.closed:
-            try:
-                msg = await self.ws.receive(timeout=self.idle_timeout_s)
-            except asyncio.TimeoutError:
+            msg = await self._receive()
+            if msg is None:
+                if self.session is None:
+                    raise ProtocolError(WSCloseCode.POLICY_VIOLATION,
+                                        f"no start message within {self.start_timeout_s:g} s")
                 await self._finish("idle timeout")
                 return
             if msg.type == WSMsgType.BINARY:
@@ -247,7 +296,7 @@ class _Connection:
         self.session = await self._compute(lambda: StreamingSession(graph, self.resources))
         self.session_id = uuid.uuid4().hex
         self.registry.sessions += 1
-        await self._send({"type": "ready", "session_id": self.session_id})
+        await self.send({"type": "ready", "session_id": self.session_id})
 
     async def _on_audio(self, payload: bytes) -> bool:
         """Push one frame; returns ``True`` once the session length limit is reached."""
@@ -265,16 +314,13 @@ class _Connection:
             texts = await self._compute(lambda: _step_and_render(lambda: session.push(item), "partial_result",
                                                                  self.session_id, self.frames))
             for text in texts:
-                await self._send(text)
+                await self.send(text)
         return self.samples >= self.max_samples
 
     async def _finish(self, reason: str) -> None:
         """Flush the session, send ``final_result`` and close 1000 (no session yet: just close)."""
         session = self.session
         if session is None:
-            if reason:  # idle before start: nothing to finalise
-                await self.ws.close(code=WSCloseCode.OK, message=reason.encode())
-                return
             raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "close before start")
         texts = await self._compute(lambda: _step_and_render(session.close, "final_result",
                                                              self.session_id, self.frames))
@@ -284,7 +330,7 @@ class _Connection:
             "stats": {"utterances": 0, "chunks": self.frames, "pipeline_ms": 0.0}}
         if not reason:  # the client said close; the server-side ends (limit, idle) expect more audio
             await self._reject_late_messages()
-        await self._send(body)
+        await self.send(body)
         await self.ws.close(code=WSCloseCode.OK, message=reason.encode())
 
     async def _reject_late_messages(self) -> None:
@@ -304,6 +350,28 @@ class _Connection:
             raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"{kind} after close")
 
 
+async def _refuse(conn: _Connection, exc: ProtocolError) -> None:
+    """The contract's ending for a breach: one ``error`` message, then the close code and reason.
+
+    Raises :class:`ClientNotReading` if even the ``error`` message cannot be sent.
+    """
+    log.info("stream %s closed with %d: %s", conn.session_id or "-", exc.code, exc.detail)
+    if conn.ws.closed:
+        return
+    try:
+        await conn.send({"type": "error", "detail": exc.detail})
+    except ConnectionError:
+        pass
+    await conn.ws.close(code=exc.code, message=close_reason(exc.detail))
+
+
+def _over_capacity(registry: StreamRegistry, settings: ServerSettings) -> ProtocolError | None:
+    if len(registry.sockets) < settings.max_live_sessions:
+        return None
+    return ProtocolError(WSCloseCode.TRY_AGAIN_LATER,
+                         f"server busy: {settings.max_live_sessions} live sessions already open; try again later")
+
+
 async def stream_handler(request: web.Request) -> web.StreamResponse:
     """``GET /diarize/stream``: upgrade to a WebSocket and run protocol v1 on it."""
     app = request.app
@@ -312,20 +380,23 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     # aiohttp rejects a frame of exactly max_msg_size bytes (before buffering it): +1 admits 1 MiB itself
     ws = _StreamSocket(heartbeat=settings.heartbeat_s, max_msg_size=MAX_FRAME_BYTES + 1)
     await ws.prepare(request)
+    conn = _Connection(ws, registry, app.get(RESOURCES), settings)
+    busy = _over_capacity(registry, settings)
     registry.sockets.add(ws)
-    conn = _Connection(ws, registry, app.get(RESOURCES), settings.idle_timeout_s, settings.max_session_s)
     try:
-        if settings.auth_enabled and team_for_token(request.query.get("token"), registry.api_keys) is None:
-            raise ProtocolError(UNAUTHORIZED, "unauthorized")
-        await conn.run()
-    except ProtocolError as exc:
-        log.info("stream %s closed with %d: %s", conn.session_id or "-", exc.code, exc.detail)
-        if not ws.closed:
-            try:
-                await ws.send_json({"type": "error", "detail": exc.detail})
-            except ConnectionError:
-                pass
-            await ws.close(code=exc.code, message=exc.detail.encode()[:120])
+        try:
+            if busy is not None:
+                raise busy
+            if settings.auth_enabled and team_for_token(request.query.get("token"), registry.api_keys) is None:
+                raise ProtocolError(UNAUTHORIZED, "unauthorized")
+            await conn.run()
+        except ProtocolError as exc:
+            await _refuse(conn, exc)
+    except ClientNotReading as exc:
+        # nothing can reach this client any more (not even a close frame): drop the connection now
+        log.info("stream %s: client stopped reading (%s); session ended", conn.session_id or "-", exc)
+        if request.transport is not None:
+            request.transport.abort()
     except ConnectionError:
         log.info("stream %s: client went away", conn.session_id or "-")
     finally:

@@ -21,10 +21,10 @@ from aiohttp import web
 from diarflow.api import diarize
 from diarflow.batch import (FILES_SCHEMA, SEGMENTS_SCHEMA, BatchOptions, BatchWriter, expand_inputs,
                             run_batch)
-from diarflow.evaluation import DevItem
 from diarflow.models import ModelPaths
 from diarflow.operators.models import Resources
-from diarflow.servers.jobs.testing import free_port
+from diarflow.testing.evaluation import DevItem
+from diarflow.testing.server_process import free_port
 
 
 def _clip(item: DevItem, seconds: float, dest: Path) -> Path:
@@ -34,10 +34,10 @@ def _clip(item: DevItem, seconds: float, dest: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory: pytest.TempPathFactory, dev_items: list[DevItem]) -> list[Path]:
+def clips(tmp_path_factory: pytest.TempPathFactory, speech_clips: dict[str, DevItem]) -> list[Path]:
     folder = tmp_path_factory.mktemp("clips")
-    by_uri = {i.uri: i for i in dev_items}
-    return [_clip(by_uri[uri], 25.0, folder / f"{uri}.wav") for uri in ("dev01", "dev06", "dev02")]
+    return [_clip(speech_clips[name], 25.0, folder / f"{name}.wav")
+            for name in ("two_speakers", "six_speakers", "three_speakers")]
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +99,11 @@ def test_inputs_folders_globs_lists_and_bad_lines(tmp_path: Path, clips: list[Pa
     (tmp_path / "nopath.csv").write_text("file\nx.wav\n")
     items, errors = expand_inputs([str(folder), str(folder / "*.wav"), str(tmp_path / "list.txt"),
                                    str(tmp_path / "list.parquet"), str(tmp_path / "nopath.csv"), "missing.wav"])
-    assert [i.path for i in items] == [str(c) for c in sorted(clips)] + [str(tmp_path / "dev01.wav"),
+    assert [i.path for i in items] == [str(c) for c in sorted(clips)] + [str(tmp_path / "two_speakers.wav"),
                                                                        os.path.abspath("missing.wav")]
-    assert [i.uri for i in items][1:3] == ["dev02", "dev06"] and items[0].uri.startswith("dev01-")
-    assert len({i.uri for i in items}) == len(items)  # two dev01.wav: one uri gets a hash suffix
+    assert [i.uri for i in items][:2] == ["six_speakers", "three_speakers"]
+    assert items[2].uri.startswith("two_speakers-") and items[3].uri.startswith("two_speakers-")
+    assert len({i.uri for i in items}) == len(items)  # two two_speakers.wav: their uris get a hash suffix
     messages = sorted(e.error or "" for e in errors)
     assert any("unsupported URL scheme" in m for m in messages) and any("empty path" in m for m in messages)
     assert any("no 'path' column" in m for m in messages) and len(errors) == 3

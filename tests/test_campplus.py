@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diarflow.evaluation import DevItem, equal_error_rate, speaker_cuts
+from diarflow.testing.evaluation import DevItem, equal_error_rate, speaker_cuts
 from diarflow.models import ModelPaths
 from diarflow.operators.fbank import Fbank
 from diarflow.operators.models import SpeakerEmbeddingModel
@@ -34,12 +34,14 @@ def test_onnx_reproduces_pytorch_goldens(embedder: SpeakerEmbeddingModel) -> Non
         np.testing.assert_allclose(got, expected, atol=1e-3, err_msg=name)
 
 
-def test_golden_features_match_our_fbank(dev_items: list[DevItem]) -> None:
-    """The goldens were computed from dev01 with kaldi-native-fbank; our NumPy fbank must give the same."""
+def test_golden_features_match_our_fbank(speech_clips: dict[str, DevItem]) -> None:
+    """The goldens were computed from dev01 with kaldi-native-fbank; our NumPy fbank must give the same.
+
+    The ``two_speakers`` clip is dev01's first minute, sample for sample, so the golden cut is in it."""
     import soundfile as sf
 
     golden = np.load(DATA_DIR / "campplus_golden.npz")
-    audio, _ = sf.read(next(i for i in dev_items if i.uri == "dev01").audio_path, dtype="float32")
+    audio, _ = sf.read(speech_clips["two_speakers"].audio_path, dtype="float32")
     name = str(golden["names"][0])  # dev01_<start>s_<dur>s_<speaker>
     start_s, duration_s = (float(x.rstrip("s")) for x in name.split("_")[1:3])
     cut = audio[round(start_s * 16000):round(start_s * 16000) + round(duration_s * 16000)]
@@ -69,9 +71,9 @@ def test_bad_shapes_are_refused(embedder: SpeakerEmbeddingModel) -> None:
 
 @pytest.mark.parametrize("cut_s, max_eer", [(1.5, 0.05), (3.0, 0.03)])
 def test_same_speaker_scores_clearly_above_different(
-    embedder: SpeakerEmbeddingModel, dev_items: list[DevItem], cut_s: float, max_eer: float
+    embedder: SpeakerEmbeddingModel, speech_clips: dict[str, DevItem], cut_s: float, max_eer: float
 ) -> None:
-    clean = [i for i in dev_items if i.variant == "clean"]
+    clean = [i for i in speech_clips.values() if i.variant == "clean"]  # 10 distinct speakers
     cuts, speakers = speaker_cuts(clean, cut_s, max_per_speaker=6)
     assert len(set(speakers)) >= 8
     fbank = Fbank()
@@ -116,11 +118,12 @@ def test_pooling_all_frames_equals_the_embedding(embedder: SpeakerEmbeddingModel
 
 
 def test_pooled_windows_match_window_passes_on_speech(embedder: SpeakerEmbeddingModel,
-                                                      dev_items: list[DevItem]) -> None:
+                                                      speech_clips: dict[str, DevItem]) -> None:
     """Windows pooled from one pass over 2 s pieces stay close to passes over each window alone, and
     still tell two speakers apart (the approximation the offline shared passes rely on)."""
     fbank = Fbank()
-    cuts, speakers = speaker_cuts([i for i in dev_items if i.uri in ("dev01", "dev03")], 3.0, max_per_speaker=4)
+    cuts, speakers = speaker_cuts([i for i in speech_clips.values() if i.variant == "clean"], 3.0,
+                                    max_per_speaker=4)  # 9 speakers, two of them twice
     assert len(set(speakers)) >= 3
     pooled, alone = [], []
     for samples in cuts:  # 3 s of one speaker each

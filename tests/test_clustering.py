@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diarflow.operators.clustering import OnlineClustererConfig, windows_to_turns
-from diarflow.operators.global_clustering import label_sums
+from diarflow.operators.vectors import label_sums
 from diarflow.operators.messages import SpeakerEmbedding, SpeechRegion, UtteranceEmbeddings
 from diarflow.operators.snapshots import SnapshotEmitterConfig
 
@@ -122,11 +122,11 @@ def test_global_clustering_scales_without_a_dense_matrix() -> None:
     truth = rng.integers(0, 7, 12_000)
     vectors = centres[truth] + 0.07 * rng.standard_normal((12_000, 192))
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    labels = cluster_embeddings(vectors, 0.72, max_direct=2000, num_micro_clusters=300)
+    labels = cluster_embeddings(vectors, max_direct=2000, num_micro_clusters=300)
     assert labels.max() + 1 == 7
     for k in range(7):  # every true speaker maps to one cluster
         assert len(np.unique(labels[truth == k])) == 1
-    fixed = cluster_embeddings(vectors, 0.72, min_speakers=3, max_speakers=3, max_direct=2000)
+    fixed = cluster_embeddings(vectors, min_speakers=3, max_speakers=3, max_direct=2000)
     assert fixed.max() + 1 == 3
 
 
@@ -141,3 +141,38 @@ def test_label_sums_equal_a_plain_loop(rows: int) -> None:
     got = label_sums(labels, vectors, 9)
     assert got.shape == (9, 192) and not got[7:].any()
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+
+
+def _voices(rng: np.random.Generator, speakers: int, per_speaker: int, channel_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings of ``speakers`` voices sharing a channel component of ``channel_weight``."""
+    channel = rng.standard_normal(192)
+    centres = rng.standard_normal((speakers, 192))
+    truth = np.repeat(np.arange(speakers), per_speaker)
+    raw = (channel_weight * channel / np.linalg.norm(channel)
+           + centres[truth] / np.linalg.norm(centres, axis=1)[truth, None]
+           + 0.045 * rng.standard_normal((len(truth), 192)))
+    return (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float32), truth
+
+
+@pytest.mark.parametrize("channel_weight", [0.0, 1.5])  # 1.5: every cross-speaker cosine is ~0.7
+def test_speaker_count_holds_when_a_channel_raises_every_similarity(channel_weight: float) -> None:
+    from diarflow.operators.global_clustering import cluster_embeddings
+
+    rng = np.random.default_rng(7)
+    vectors, truth = _voices(rng, 4, 60, channel_weight)
+    cross = (vectors[truth == 0] @ vectors[truth == 1].T).mean()
+    assert cross > 0.6 if channel_weight else cross < 0.2  # the premise: a channel that lifts all cosines
+    labels = cluster_embeddings(vectors, merge_similarity=0.9)
+    assert labels.max() + 1 == 4
+    for k in range(4):
+        assert len(np.unique(labels[truth == k])) == 1
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 5, 6])
+def test_a_fixed_speaker_count_is_honoured_exactly(count: int) -> None:
+    """``num_speakers`` means exactly that many labels, whether the data suggest fewer or more."""
+    from diarflow.operators.global_clustering import cluster_embeddings
+
+    vectors, _ = _voices(np.random.default_rng(count), 4, 40, 0.5)
+    labels = cluster_embeddings(vectors, min_speakers=count, max_speakers=count)
+    assert len(np.unique(labels)) == count

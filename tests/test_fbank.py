@@ -9,7 +9,7 @@ import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diarflow.evaluation import DevItem
+from diarflow.testing.evaluation import DevItem
 from diarflow.operators.fbank import Fbank, FbankConfig
 
 
@@ -26,8 +26,8 @@ def _kaldi(samples: np.ndarray) -> np.ndarray:
     return np.stack([fbank.get_frame(i) for i in range(fbank.num_frames_ready)])
 
 
-def test_matches_kaldi_on_real_speech(dev_items: list[DevItem]) -> None:
-    audio, _ = sf.read(dev_items[0].audio_path, dtype="float32", frames=16000 * 8)
+def test_matches_kaldi_on_real_speech(speech_clips: dict[str, DevItem]) -> None:
+    audio, _ = sf.read(speech_clips["two_speakers"].audio_path, dtype="float32", frames=16000 * 8)
     ours, ref = Fbank().compute(audio), _kaldi(audio)
     assert ours.shape == ref.shape == (798, 80)
     np.testing.assert_allclose(ours, ref, atol=2e-3)

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from diarflow.models import ModelPaths
 from diarflow.servers.jobs.fetch import AddressPolicy, FetchError, new_session, request_guarded
-from diarflow.servers.jobs.testing import ServerProcess, rss_bytes, upload, wait_for_job
+from diarflow.testing import ServerProcess, rss_bytes, upload, wait_for_job
 
 KEYS = {"key-a": "teamA", "key-b": "teamB", "key-c": "teamC"}
 A = {"Authorization": "Bearer key-a", "Content-Type": "application/json"}

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from diarflow.evaluation import DevItem
+from diarflow.testing.evaluation import DevItem
 from diarflow.models import ModelPaths
-from diarflow.servers.jobs.testing import ServerProcess, children_of, upload, wait_for_job
+from diarflow.testing import ServerProcess, children_of, upload, wait_for_job
 
 SECRET = "durability-secret"
 
@@ -82,9 +82,9 @@ def _server(data_dir: Path, model_paths: ModelPaths, **jobs: object) -> ServerPr
 
 
 async def test_restart_mid_job_and_webhook_retry_across_restart(tmp_path: Path, model_paths: ModelPaths,
-                                                                dev_items: list[DevItem],
+                                                                speech_clips: dict[str, DevItem],
                                                                 receiver: Receiver) -> None:
-    dev06 = next(i for i in dev_items if i.uri == "dev06")
+    dev06 = speech_clips["six_speakers"]
     first = _server(tmp_path, model_paths, webhook_retry_delays_s=[1.5, 1.5, 1.5]).start()
     try:
         async with aiohttp.ClientSession(first.url) as api:
@@ -130,11 +130,13 @@ async def test_restart_mid_job_and_webhook_retry_across_restart(tmp_path: Path, 
     assert b1 == b2 and b2["jobId"] == job_id and b2["status"] == "succeeded"
     assert "x-retry-num" not in {k.lower() for k in h1}
     assert h2.get("x-retry-num") == "1" and h2.get("x-retry-reason") == "http_error"
+    # at-least-once delivery: the retry sent by another server process carries the same idempotency key
+    assert h1.get("Idempotency-Key") and h1.get("Idempotency-Key") == h2.get("Idempotency-Key")
 
 
 async def test_killed_worker_is_retried_once_then_fails(tmp_path: Path, model_paths: ModelPaths,
-                                                        dev_items: list[DevItem]) -> None:
-    dev06 = next(i for i in dev_items if i.uri == "dev06")
+                                                        speech_clips: dict[str, DevItem]) -> None:
+    dev06 = speech_clips["six_speakers"]
     with _server(tmp_path, model_paths) as server:
         async with aiohttp.ClientSession(server.url) as api:
             await upload(api, "media://dev06.flac", dev06.audio_path)
@@ -175,8 +177,8 @@ async def test_outputs_and_media_expire(tmp_path: Path, model_paths: ModelPaths)
 
 
 async def test_audio_over_the_length_limit_fails(tmp_path: Path, model_paths: ModelPaths,
-                                                 dev_items: list[DevItem]) -> None:
-    dev06 = next(i for i in dev_items if i.uri == "dev06")
+                                                 speech_clips: dict[str, DevItem]) -> None:
+    dev06 = speech_clips["six_speakers"]
     with _server(tmp_path, model_paths, max_audio_s=20.0) as server:
         async with aiohttp.ClientSession(server.url) as api:
             await upload(api, "media://dev06.flac", dev06.audio_path)

@@ -17,9 +17,9 @@ import pytest
 import soundfile as sf
 from aiohttp import web
 
-from diarflow.evaluation import DevItem, Turn, diarization_error_rate, read_rttm
+from diarflow.testing.evaluation import DevItem, Turn, diarization_error_rate, read_rttm
 from diarflow.models import ModelPaths
-from diarflow.servers.jobs.testing import ServerProcess, upload, wait_for_job
+from diarflow.testing import ServerProcess, upload, wait_for_job
 
 SECRET = "flow-test-secret"
 
@@ -47,8 +47,9 @@ async def api(server: ServerProcess) -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def dev06(dev_items: list[DevItem]) -> DevItem:
-    return next(i for i in dev_items if i.uri == "dev06")
+def dev06(speech_clips: dict[str, DevItem]) -> DevItem:
+    """Six speakers in 58 s (all of the dev corpus's dev06)."""
+    return speech_clips["six_speakers"]
 
 
 class Files:
@@ -217,10 +218,13 @@ async def test_status_only_webhook_and_bad_inputs(api: aiohttp.ClientSession, fi
     assert bodies == [{"jobId": job_id, "status": "failed"} for job_id in ids]
 
 
-async def test_cancel_running_job(api: aiohttp.ClientSession, dev_items: list[DevItem]) -> None:
-    longest = next(i for i in dev_items if i.uri == "dev05")
-    await upload(api, "media://dev/dev05.flac", longest.audio_path)
-    job_id = (await (await api.post("/v1/diarize", json={"url": "media://dev/dev05.flac"})).json())["jobId"]
+async def test_cancel_running_job(api: aiohttp.ClientSession, speech_clips: dict[str, DevItem],
+                                  tmp_path: Path) -> None:
+    longest = tmp_path / "long.flac"  # every shipped clip twice: 6.5 min, several seconds of work
+    audio = np.concatenate([sf.read(i.audio_path, dtype="int16")[0] for i in speech_clips.values()] * 2)
+    sf.write(longest, audio, 16000, format="FLAC", subtype="PCM_16")
+    await upload(api, "media://dev/long.flac", longest)
+    job_id = (await (await api.post("/v1/diarize", json={"url": "media://dev/long.flac"})).json())["jobId"]
     for _ in range(200):
         job = await (await api.get(f"/v1/jobs/{job_id}")).json()
         if job["status"] == "running":
@@ -244,10 +248,10 @@ async def test_voiceprint_identifies_dev_speaker(api: aiohttp.ClientSession, fil
     assert job["status"] == "succeeded", job
     voiceprint = job["output"]["voiceprint"]
     assert isinstance(voiceprint, str) and voiceprint.startswith("dfv1:") and len(voiceprint) <= 20000
-    # a second, unrelated voiceprint from another dev file's speaker
+    # a second, unrelated voiceprint from another clip's speaker (nobody in six_speakers)
     other_item = files.root / "other.wav"
-    audio, rate = sf.read(dev06.audio_path.with_name("dev01.flac"), dtype="float32")
-    other_turn = max((t for turns in read_rttm(dev06.rttm_path.with_name("dev01.rttm")).values() for t in turns),
+    audio, rate = sf.read(dev06.audio_path.with_name("two_speakers.flac"), dtype="float32")
+    other_turn = max((t for turns in read_rttm(dev06.rttm_path.with_name("two_speakers.rttm")).values() for t in turns),
                      key=lambda t: t.end_s - t.start_s)
     sf.write(other_item, audio[int(other_turn.start_s * rate):int(min(other_turn.end_s, other_turn.start_s + 20) * rate)],
              rate)

@@ -10,11 +10,13 @@ import time
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
+import soundfile as sf
 
-from diarflow.evaluation import DevItem
 from diarflow.models import ModelPaths
-from diarflow.servers.jobs.testing import ServerProcess, children_of, upload, wait_for_job
+from diarflow.testing.evaluation import DevItem
+from diarflow.testing.server_process import ServerProcess, children_of, upload, wait_for_job
 
 
 def _row(data_dir: Path, job_id: str) -> dict:
@@ -25,15 +27,17 @@ def _row(data_dir: Path, job_id: str) -> dict:
 
 
 async def test_killed_actor_job_is_retried_and_progress_reported(tmp_path: Path, model_paths: ModelPaths,
-                                                                 dev_items: list[DevItem]) -> None:
+                                                                 speech_clips: dict[str, DevItem]) -> None:
     pytest.importorskip("ray")
-    dev05 = next(i for i in dev_items if i.uri == "dev05")
+    samples, rate = sf.read(speech_clips["six_speakers"].audio_path, dtype="int16")
+    clip = tmp_path / "clip.flac"  # 3 x 58 s: several 60 s decode chunks, so progress shows while the job runs
+    sf.write(clip, np.concatenate([samples] * 3), rate, format="FLAC", subtype="PCM_16")
     with ServerProcess(tmp_path, env={"DIARFLOW_ALLOW_PRIVATE_URLS": "1"},
                        jobs={"workers": 1, "rate_limit_get": 100_000, "backend": "ray"},
                        model_dir=str(model_paths.campplus.parent)) as server:
         async with aiohttp.ClientSession(server.url) as api:
-            await upload(api, "media://dev05.flac", dev05.audio_path)
-            job_id = (await (await api.post("/v1/diarize", json={"url": "media://dev05.flac"})).json())["jobId"]
+            await upload(api, "media://clip.flac", clip)
+            job_id = (await (await api.post("/v1/diarize", json={"url": "media://clip.flac"})).json())["jobId"]
             deadline = time.monotonic() + 60
             while not ((row := _row(tmp_path, job_id)).get("worker_pid") and row.get("progress")):
                 assert time.monotonic() < deadline, row

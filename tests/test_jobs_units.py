@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from diarflow.servers.jobs.fetch import AddressPolicy, address_refused
-from diarflow.servers.jobs.keys import KeyRing, parse_api_keys
+from diarflow.servers.auth import parse_api_keys
+from diarflow.servers.jobs.keys import KeyRing
 from diarflow.servers.jobs.media import UrlSigner
 from diarflow.servers.jobs.ratelimit import RateLimiter
 from diarflow.voiceprints import decode_voiceprint, encode_voiceprint, identify, similarity_score
@@ -104,7 +105,40 @@ def test_address_policy(address: str, refused: bool) -> None:
 
 
 def test_length_limit_message() -> None:
-    from diarflow.servers.jobs.worker import _too_long
+    from diarflow.servers.jobs.probe import too_long_message
 
-    assert _too_long(24 * 3600.0) == "Audio is longer than 24 h"
-    assert _too_long(30.0) == "Audio is longer than 30 s"
+    assert too_long_message(24 * 3600.0) == "Audio is longer than 24 h"
+    assert too_long_message(30.0) == "Audio is longer than 30 s"
+    assert too_long_message(90.5) == "Audio is longer than 90.5 s"
+
+
+def test_rate_limiter_memory_is_bounded_whatever_the_keys() -> None:
+    limiter = RateLimiter(60.0, clock=lambda: 1000.0, max_windows=100)
+    for n in range(10_000):
+        limiter.check(f"junk-{n}", "GET /v1/test", 5)
+    assert len(limiter) == 100
+    assert limiter.check("junk-9999", "GET /v1/test", 5).remaining == 3  # the most recent windows are kept
+
+
+def test_one_key_is_one_caller_however_the_header_is_spelled() -> None:
+    ring = KeyRing(True, {"k1": "teamA"})
+    callers = {ring.caller_of(h) for h in ("Bearer k1", "bearer k1", "BEARER  k1", " Bearer k1 ")}
+    assert len(callers) == 1 and next(iter(callers)) is not None
+    assert ring.caller_of("Bearer \udcff\udcfek1") is None  # undecodable header bytes: refused, no crash
+
+
+def test_access_log_targets_are_redacted() -> None:
+    from diarflow.servers.access_log import redact_target
+
+    assert redact_target("/diarize/stream?token=s3cret&x=1") == "/diarize/stream?token=***&x=1"
+    assert redact_target("/v1/media/upload/eyJwIjoi.c2ln?x=1") == "/v1/media/upload/***?x=1"
+    assert redact_target("/v1/media/download/abc") == "/v1/media/download/***"
+    assert redact_target("/v1/jobs/123?status=failed") == "/v1/jobs/123?status=failed"
+
+
+def test_close_reason_is_valid_utf8_within_123_bytes() -> None:
+    from diarflow.servers.stream import close_reason
+
+    for text in ("é" * 100, "😀" * 40, "a" * 200, "ok"):
+        reason = close_reason(text)
+        assert len(reason) <= 123 and text.startswith(reason.decode("utf-8"))

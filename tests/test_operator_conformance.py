@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diarflow.evaluation import DevItem
+from diarflow.testing.evaluation import DevItem
 from diarflow.operators.messages import PcmBytes
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import PipelineConfig, build_graph
@@ -66,9 +66,9 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def operator_inputs(resources: Resources, dev_items: list[DevItem], mode: str) -> dict[str, list[Event]]:
-    """The event stream each node of the standard graph sees on 25 s of dev01 in 200 ms chunks."""
-    audio, _ = sf.read(dev_items[0].audio_path, dtype="int16", frames=16000 * 25)
+def operator_inputs(resources: Resources, speech_clips: dict[str, DevItem], mode: str) -> dict[str, list[Event]]:
+    """The event stream each node of the standard graph sees on 25 s of two speakers in 200 ms chunks."""
+    audio, _ = sf.read(speech_clips["two_speakers"].audio_path, dtype="int16", frames=16000 * 25)
     events: list[Event] = []
     for lo in range(0, len(audio), 3200):
         events += [("item", PcmBytes(audio[lo:lo + 3200].tobytes())), ("wm", min(lo + 3200, len(audio)))]

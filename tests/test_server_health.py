@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from diarflow.models import ModelPaths
 from diarflow.servers.app import ServerSettings, make_app
+from diarflow.testing import free_port
 
 
 async def test_health_route(aiohttp_client, model_paths: ModelPaths) -> None:  # type: ignore[no-untyped-def]
@@ -23,14 +23,8 @@ async def test_health_route(aiohttp_client, model_paths: ModelPaths) -> None:  #
     assert body["status"] == "ok" and body["models_loaded"] is True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_command_answers_on_loopback(model_paths: ModelPaths) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "diarflow.cli", "serve", "--port", str(port),
                              "--model-dir", str(model_paths.campplus.parent)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

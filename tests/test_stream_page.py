@@ -1,7 +1,10 @@
-"""The "try it" page in a real headless Chromium: a fake microphone plays a dev recording, speakers appear.
+"""The try-it page in a real headless Chromium, both modes: a file uploaded through the job API, and a fake
+microphone playing a two-speaker recording into the live endpoint; speakers appear, downloads work.
 
 Chromium is driven over the DevTools protocol on a WebSocket (aiohttp), so no node is needed. The
-screenshots land in ``artifacts/`` (gitignored) for a person to look at.
+screenshots land in ``artifacts/`` (gitignored) for a person to look at. Without Chromium (``make
+setup-test`` installs it when it can: that needs root) the tests are skipped with the reason, except
+under ``CI=true``, where they fail instead.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import asyncio
 import base64
 import itertools
 import json
+import math
+import os
 import shutil
 import subprocess
 import time
@@ -23,15 +28,18 @@ import pytest
 import soundfile as sf
 
 from diarflow.audio import decode_chunks
-from diarflow.evaluation import DevItem, read_rttm
+from diarflow.testing.evaluation import DevItem, read_rttm
 from diarflow.models import ModelPaths
+from diarflow.testing import ServerThread
 
-from .test_stream_protocol import ServerThread, serve
+from diarflow.servers.stream_client import file_frames, stream_frames
+
+from .test_stream_protocol import serve
 
 pytestmark = pytest.mark.timeout(180)
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CLIP_S = 34.0  # dev01's first 34 s: both speakers take several turns (checked against the RTTM below)
+CLIP_S = 34.0  # the first 34 s of two_speakers: both speakers take several turns (checked against the RTTM below)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,860",
                   "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
@@ -43,13 +51,15 @@ def _chromium() -> str:
         found = shutil.which(name)
         if found:
             return found
-    pytest.skip("chromium is not installed; `make setup-test` installs it")
+    if os.environ.get("CI") == "true":
+        pytest.fail("chromium is not installed; CI must run the page tests (`make setup-test` installs it as root)")
+    pytest.skip("chromium is not installed and `make setup-test` could not install it (needs root)")
 
 
 @pytest.fixture(scope="module")
-def clip_wav(dev_items: list[DevItem], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    item = next(i for i in dev_items if i.uri == "dev01")
-    speakers = {t.speaker for t in read_rttm(item.rttm_path)["dev01"] if t.end_s <= CLIP_S}
+def clip_wav(speech_clips: dict[str, DevItem], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    item = speech_clips["two_speakers"]
+    speakers = {t.speaker for t in read_rttm(item.rttm_path)[item.uri] if t.end_s <= CLIP_S}
     assert len(speakers) == 2, f"the clip must hold both speakers, RTTM has {speakers}"
     samples = np.concatenate(list(decode_chunks(item.audio_path, 16000)))[: int(CLIP_S * 16000)]
     path = tmp_path_factory.mktemp("page") / "dev01_clip.wav"
@@ -58,8 +68,9 @@ def clip_wav(dev_items: list[DevItem], tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
-def page_server(model_paths: ModelPaths) -> Iterator[ServerThread]:
-    yield from serve(model_paths)
+def page_server(model_paths: ModelPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    _chromium()  # skip (or fail in CI) before starting anything
+    yield from serve(model_paths, data_dir=tmp_path_factory.mktemp("page-jobs"))
 
 
 class DevTools:
@@ -131,12 +142,25 @@ async def _browser(clip: Path, profile: Path) -> AsyncIterator[DevTools]:
 
 PAGE_STATE = """(() => ({
   speakers: [...document.querySelectorAll('#timeline .seg')].map((e) => Number(e.dataset.speaker)),
+  lanes: [...document.querySelectorAll('#timeline .lane-name')].map((e) => e.textContent),
+  rows: [...document.querySelectorAll('#segments tr')].map((tr) => tr.cells[0].textContent),
   state: document.getElementById('state').dataset.state,
   label: document.getElementById('state').textContent,
-  error: document.getElementById('error').textContent,
+  error: document.getElementById('error').textContent + document.getElementById('file-error').textContent,
   timer: document.getElementById('timer').textContent,
   summary: document.getElementById('summary').textContent,
+  file: document.getElementById('file-status').dataset.state,
+  confidence_frames: Number(document.getElementById('confidence').dataset.frames || 0),
+  downloads_shown: !document.getElementById('downloads').hidden,
 }))()"""
+
+DOWNLOADS = """(async () => {
+  const get = async (id) => {
+    const a = document.getElementById(id);
+    return {name: a.download, text: await (await fetch(a.href)).text()};
+  };
+  return {rttm: await get('download-rttm'), json: await get('download-json')};
+})()"""
 
 
 async def _wait_for(tools: DevTools, ready: Any, within_s: float) -> dict[str, Any]:
@@ -150,27 +174,92 @@ async def _wait_for(tools: DevTools, ready: Any, within_s: float) -> dict[str, A
         await asyncio.sleep(0.5)
 
 
+async def _open_page(tools: DevTools, url: str) -> None:
+    await tools.call("Page.navigate", url=url)
+    deadline = time.monotonic() + 20
+    while await tools.js("document.readyState") != "complete" or not await tools.js("!!window.fetch"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+
+
+def _consistent_names(state: dict[str, Any]) -> None:
+    """One naming convention everywhere on the page: "Speaker 1" is speaker id 0."""
+    expected = [f"Speaker {k + 1}" for k in sorted(set(state["speakers"]))]
+    assert state["lanes"] == expected
+    assert set(state["rows"]) <= set(expected) and state["rows"]
+
+
+async def _speakers_without_the_browser(server: ServerThread, clip: Path) -> int:
+    """The same clip sent straight to the live endpoint: tells a capture problem from a server problem."""
+    outcome = await stream_frames(server.url, file_frames(clip))
+    return len({seg["speaker_id"] for seg in (outcome.final or {"data": {"segments": []}})["data"]["segments"]})
+
+
+# In two full `make test` runs (not alone, not in subsets) this test saw all the speech as one speaker;
+# the diagnosis below says whether the server, fed the same clip without the browser, agrees.
 async def test_page_shows_two_speakers_from_the_microphone(page_server: ServerThread, clip_wav: Path,
                                                            tmp_path: Path) -> None:
     async with _browser(clip_wav, tmp_path / "profile") as tools:
-        await tools.call("Page.navigate", url=page_server.http + "/")
-        deadline = time.monotonic() + 20
-        while await tools.js("document.readyState") != "complete" or not await tools.js("!!window.fetch"):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.1)
+        await _open_page(tools, page_server.http + "/")
+        await tools.js("document.getElementById('tab-live').click()")
         await tools.js("document.getElementById('mic').click()", gesture=True)
         # the fake microphone loops the clip in real time; on a loaded machine snapshots may lag behind it
-        live = await _wait_for(tools, lambda s: len(set(s["speakers"])) >= 2, within_s=2 * CLIP_S + 30)
+        try:
+            live = await _wait_for(tools, lambda s: len(set(s["speakers"])) >= 2, within_s=2 * CLIP_S + 30)
+        except AssertionError as failure:
+            await tools.screenshot(ARTIFACTS / "stream_page_live_failed.png")
+            direct = await _speakers_without_the_browser(page_server, clip_wav)
+            raise AssertionError(f"{failure}\nthe same clip streamed without the browser: {direct} speakers") from None
         try:  # a few more turns make a more telling screenshot; not required
             live = await _wait_for(tools, lambda s: len(s["speakers"]) >= 8, within_s=10)
         except AssertionError:
             pass
         assert live["state"] == "live" and live["timer"] != "00:00"
         assert sorted(set(live["speakers"]))[:2] == [0, 1]
+        _consistent_names(live)
+        assert live["confidence_frames"] == 0  # the live endpoint sends no confidence: no strip
         await tools.screenshot(ARTIFACTS / "stream_page_live.png")
         await tools.js("document.getElementById('mic').click()", gesture=True)
         final = await _wait_for(tools, lambda s: s["state"] == "done", within_s=20)
         assert "Final result" in final["summary"] and len(set(final["speakers"])) >= 2
+        _consistent_names(final)
+        assert final["downloads_shown"]
         await tools.screenshot(ARTIFACTS / "stream_page_final.png")
     async with aiohttp.ClientSession() as http, http.get(page_server.http + "/health") as response:
         assert (await response.json())["sessions"] == 0
+
+
+async def test_file_mode_uploads_diarizes_and_offers_downloads(page_server: ServerThread, clip_wav: Path,
+                                                               speech_clips: dict[str, DevItem],
+                                                               tmp_path: Path) -> None:
+    item = speech_clips["three_speakers"]
+    async with _browser(clip_wav, tmp_path / "profile") as tools:
+        await _open_page(tools, page_server.http + "/")
+        assert await tools.js("document.getElementById('file-panel').hidden") is False  # the default mode
+        await tools.screenshot(ARTIFACTS / "page_file_empty.png")
+        document = await tools.call("DOM.getDocument")
+        found = await tools.call("DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#file")
+        await tools.call("DOM.setFileInputFiles", files=[str(item.audio_path)], nodeId=found["nodeId"])
+        done = await _wait_for(tools, lambda s: s["file"] == "done", within_s=120)
+        assert len(set(done["speakers"])) >= 2, done
+        assert "Final result" in done["summary"] and done["downloads_shown"]
+        _consistent_names(done)
+        assert len(done["rows"]) == len(done["speakers"])  # one table row per turn on the timeline
+        assert done["confidence_frames"] == math.ceil(item.duration_s / 0.02 - 1e-6)  # 20 ms scores, whole file
+        await tools.screenshot(ARTIFACTS / "page_file_result.png")
+        files = await tools.js(DOWNLOADS)
+    assert files["rttm"]["name"] == "three_speakers.rttm" and files["json"]["name"] == "three_speakers.json"
+    rttm = files["rttm"]["text"].splitlines()
+    assert len(rttm) == len(done["speakers"]) and all(line.startswith("SPEAKER three_speakers 1 ") for line in rttm)
+    output = json.loads(files["json"]["text"])
+    assert len(output["diarization"]) == len(rttm) and output["confidence"]["resolution"] == 0.02
+    assert {row["speaker"] for row in output["diarization"]} == {f"SPEAKER_{k:02d}" for k in set(done["speakers"])}
+
+
+@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_missing_chromium_skips_only_outside_ci(monkeypatch: pytest.MonkeyPatch, ci: str,
+                                                outcome: type[BaseException]) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="chromium is not installed"):
+        _chromium()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
 from pathlib import Path
 from dataclasses import replace
@@ -13,60 +12,22 @@ from typing import Any, Iterator
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from diarflow.dataflow import StreamingSession
-from diarflow.evaluation import DevItem
+from diarflow.testing.evaluation import DevItem
 from diarflow.models import ModelPaths
 from diarflow.operators.messages import PcmBytes, Snapshot
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import PipelineConfig, build_graph
 from diarflow.servers import stream as stream_module
-from diarflow.servers.app import ServerSettings, make_app
+from diarflow.servers.state import ServerSettings
 from diarflow.servers.stream import snapshot_message
 from diarflow.servers.stream_client import START, StreamOutcome, file_frames, stream_frames
+from diarflow.testing import ServerThread
 
 pytestmark = pytest.mark.timeout(120)
 
 SILENCE_1S = b"\0\0" * 16000
-
-
-class ServerThread:
-    """The real app on 127.0.0.1 (an ephemeral port), served by its own event loop in a thread."""
-
-    def __init__(self, settings: ServerSettings) -> None:
-        self.settings = settings
-        self.loop = asyncio.new_event_loop()
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def start(self) -> ServerThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=120)
-        return self
-
-    async def _start(self) -> None:
-        self.runner = web.AppRunner(make_app(self.settings), handle_signals=False, shutdown_timeout=5.0)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self.runner.addresses[0][1])
-
-    def stop(self) -> None:
-        if self.runner is not None:
-            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=60)
-            self.runner = None
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/diarize/stream"
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 def serve(model_paths: ModelPaths, **fields: Any) -> Iterator[ServerThread]:
@@ -79,13 +40,13 @@ def serve(model_paths: ModelPaths, **fields: Any) -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="module")
 def server(model_paths: ModelPaths) -> Iterator[ServerThread]:
-    yield from serve(model_paths)
+    yield from serve(model_paths, max_live_sessions=128)  # room for the 100-connection test
 
 
 @pytest.fixture(scope="module")
-def dev01_frames(dev_items: list[DevItem]) -> list[bytes]:
-    item = next(i for i in dev_items if i.uri == "dev01")
-    return file_frames(item.audio_path)
+def dev01_frames(speech_clips: dict[str, DevItem]) -> list[bytes]:
+    """200 ms frames of ``two_speakers`` (dev01's first minute: 297 frames)."""
+    return file_frames(speech_clips["two_speakers"].audio_path)
 
 
 async def session_count(server: ServerThread) -> int:

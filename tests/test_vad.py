@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import soundfile as sf
 
-from diarflow.evaluation import DevItem
+from diarflow.testing.evaluation import DevItem
 from diarflow.models import ModelPaths
 from diarflow.operators.messages import PcmFrame, SpeechRegion, SpeechStart, VadProbabilities
 from diarflow.operators.models import SileroVadModel, VadState
@@ -15,8 +15,8 @@ from diarflow.operators.vad import SileroVadConfig
 
 
 @pytest.fixture(scope="module")
-def speech(dev_items: list[DevItem]) -> np.ndarray:
-    audio, _ = sf.read(next(i for i in dev_items if i.uri == "dev01").audio_path, dtype="float32",
+def speech(speech_clips: dict[str, DevItem]) -> np.ndarray:
+    audio, _ = sf.read(speech_clips["two_speakers"].audio_path, dtype="float32",
                        frames=16000 * 40)
     return audio  # (n,) 40 s of a two-speaker conversation
 

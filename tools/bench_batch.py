@@ -25,13 +25,15 @@ import threading
 import time
 from pathlib import Path
 
-SHARED_EVAL = Path(__file__).resolve().parent.parent.parent / "shared" / "eval"
+from tools import exit_without_dev_corpus
+from diarflow.testing.evaluation import default_dev_dir
+
 FILES = 20
 
 
 def _dev_files() -> list[Path]:
-    found = sorted((SHARED_EVAL / "dev").glob("*.flac")) + sorted((SHARED_EVAL / "dev-channels").glob("*.flac"))
-    return found
+    dev_dir = default_dev_dir()
+    return sorted(dev_dir.glob("*.flac")) + sorted((dev_dir.parent / "dev-channels").glob("*.flac"))
 
 
 class _PeakRss:
@@ -130,7 +132,7 @@ def bench_batch(inputs: list[Path], workers: int) -> None:
 async def _jobs_run(backend: str, inputs: list[Path], workers: int, tmp: Path) -> tuple[float, float, dict[str, object]]:
     import aiohttp
 
-    from diarflow.servers.jobs.testing import ServerProcess, upload, wait_for_job
+    from diarflow.testing.server_process import ServerProcess, upload, wait_for_job
 
     t0 = time.perf_counter()
     server = ServerProcess(tmp / backend, jobs={"workers": workers, "backend": backend, "rate_limit_get": 100_000,
@@ -178,10 +180,8 @@ def main() -> int:
     parser.add_argument("--skip-jobs", action="store_true", help="only the batch part")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
+    exit_without_dev_corpus("bench_batch")
     files = _dev_files()
-    if not files:
-        print(f"bench_batch: dev corpus not found under {SHARED_EVAL}; nothing to measure")
-        return 0
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -194,7 +194,7 @@ def main() -> int:
             dest = Path(tmp) / (source.stem + (f"_r{n // len(files)}" if n >= len(files) else "") + source.suffix)
             shutil.copyfile(source, dest)
             inputs.append(dest)
-        print(f"bench_batch: {len(inputs)} files from {SHARED_EVAL}, {args.workers} workers, "
+        print(f"bench_batch: {len(inputs)} files from {default_dev_dir().parent}, {args.workers} workers, "
               f"{os.cpu_count()} cores, Python {sys.version.split()[0]}")
         bench_batch(inputs, args.workers)
         if not args.skip_jobs:

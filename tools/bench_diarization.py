@@ -15,8 +15,9 @@ import resource
 import time
 
 from diarflow.api import diarize
-from diarflow.evaluation import Turn, diarization_error_rate, load_dev_items, read_rttm
+from diarflow.testing.evaluation import Turn, diarization_error_rate, load_dev_items, read_rttm
 from diarflow.operators.models import Resources
+from tools import exit_without_dev_corpus
 
 
 def _peak_rss_mb() -> float:
@@ -57,6 +58,7 @@ def run(mode: str, only: set[str] | None, resources: Resources) -> None:
 
 
 def main() -> None:
+    exit_without_dev_corpus("bench_diarization")
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=["offline", "stream", "both"], default="both")
     parser.add_argument("--only", default="")

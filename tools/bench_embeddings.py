@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from diarflow.evaluation import equal_error_rate, load_dev_items, speaker_cuts
+from diarflow.testing.evaluation import equal_error_rate, load_dev_items, speaker_cuts
 from diarflow.models import default_model_dir, verify_models
 from diarflow.models.campplus_onnx import build_campplus_onnx
 from diarflow.models.torch_zip import load_state_dict
 from diarflow.operators.fbank import Fbank
 from diarflow.operators.models import SpeakerEmbeddingModel
+from tools import exit_without_dev_corpus
 
 
 def bench_build(model_dir: Path) -> None:
@@ -73,6 +74,7 @@ def bench_eer(model: SpeakerEmbeddingModel, fbank: Fbank) -> None:
 
 
 def main() -> None:
+    exit_without_dev_corpus("bench_embeddings")
     model_dir = default_model_dir()
     bench_build(model_dir)
     model = SpeakerEmbeddingModel(model_dir / "campplus.onnx", intra_op_threads=1)

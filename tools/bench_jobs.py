@@ -23,8 +23,9 @@ import aiohttp
 import numpy as np
 import soundfile as sf
 
-from diarflow.evaluation import load_dev_items
-from diarflow.servers.jobs.testing import ServerProcess, upload, wait_for_job
+from tools import exit_without_dev_corpus
+from diarflow.testing.evaluation import load_dev_items
+from diarflow.testing import ServerProcess, upload, wait_for_job
 
 
 def _percentiles(samples: list[float]) -> str:
@@ -139,6 +140,7 @@ async def main() -> None:
     parser.add_argument("--long-hours", type=float, default=4.0)
     parser.add_argument("--pollers", type=int, default=50)
     args = parser.parse_args()
+    exit_without_dev_corpus("bench_jobs")
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         # rate limits raised: 50 pollers on one address would otherwise be (correctly) throttled

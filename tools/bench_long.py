@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from diarflow.evaluation import load_dev_items
+from diarflow.testing.evaluation import load_dev_items
 
 _CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 from diarflow.api import default_resources, diarize
+from tools import exit_without_dev_corpus
 resources = default_resources()
 t1 = time.perf_counter()
 result = diarize(sys.argv[1], resources=resources)
@@ -53,6 +54,7 @@ def make_long_file(path: Path, hours: float) -> Path:
 
 
 def main() -> None:
+    exit_without_dev_corpus("bench_long")
     parser = argparse.ArgumentParser()
     parser.add_argument("--hours", default="1,2,4")
     parser.add_argument("--workdir", default="/tmp/diarflow-long")

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -31,24 +30,20 @@ from typing import Any, Sequence
 
 import aiohttp
 
-from diarflow.evaluation import DevItem, Turn, diarization_error_rate, load_dev_items, read_rttm
+from tools import exit_without_dev_corpus
+from diarflow.testing.evaluation import DevItem, Turn, diarization_error_rate, load_dev_items, read_rttm
 from diarflow.servers.stream_client import StreamOutcome, file_frames, percentile_ms, stream_frames
+from diarflow.testing import free_port
 
 FRAME_S = 0.2
 P99_TARGET_MS = 280.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerProcess:
     """``diarflow serve`` in its own process, so its RSS is its own and clients do not share its GIL."""
 
     def __init__(self, idle_timeout_s: float = 600.0) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "diarflow.cli", "serve", "--port", str(self.port),
              "--idle-timeout", str(idle_timeout_s)],
@@ -258,6 +253,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--der-files", type=int, default=None, help="DER phase: only the first N dev files")
     parser.add_argument("--skip", action="append", default=[], choices=["latency", "long", "der"])
     args = parser.parse_args(argv)
+    exit_without_dev_corpus("bench_stream")
     random.seed(0)
     items = load_dev_items()
     library = [file_frames(i.audio_path) for i in items]

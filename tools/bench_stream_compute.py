@@ -17,13 +17,15 @@ import soundfile as sf
 
 from diarflow.audio import to_s16le
 from diarflow.dataflow import StreamingSession
-from diarflow.evaluation import load_dev_items
+from diarflow.testing.evaluation import load_dev_items
 from diarflow.operators.messages import PcmBytes, Snapshot
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import build_graph
+from tools import exit_without_dev_corpus
 
 
 def main() -> None:
+    exit_without_dev_corpus("bench_stream_compute")
     parser = argparse.ArgumentParser()
     parser.add_argument("--parallel-calls", type=int, default=1)
     args = parser.parse_args()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ __all__ = ["AddressPolicy", "FetchError", "GuardedResolver", "address_refused", 
 
 MAX_REDIRECTS = 2
 _CHUNK_BYTES = 1 << 16
+# hosts made only of numbers (decimal, octal 0177, hex 0x7f) that are not a dotted quad: 127.1, 2130706433, 0
+_NUMERIC_HOST = re.compile(r"(?i)(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}\.?")
 
 
 class FetchError(Exception):
@@ -94,6 +97,9 @@ def check_url(url: str | URL, policy: AddressPolicy) -> URL:
         literal = True
     except ValueError:
         literal = False
+    if not literal and _NUMERIC_HOST.fullmatch(host):
+        raise FetchError(f"the URL host {host!r} is a number in a shorthand form; write an IP address as a.b.c.d "
+                         "or use a host name", "refused")
     if literal and policy.refuses(host):
         raise FetchError("the URL points to a non-public address", "refused")
     return parsed

@@ -1,36 +1,32 @@
-"""API keys -> teams for the job API (``DIARFLOW_API_KEYS="key1:teamA,key2:teamB"`` or a keys file)."""
+"""Bearer keys of the job API -> teams (parsing and lookup are ``servers/auth.py``'s, shared with the stream)."""
 
 from __future__ import annotations
 
-import hmac
-import os
+import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping
 
-__all__ = ["KeyRing", "parse_api_keys", "DEFAULT_TEAM"]
+from diarflow.servers.auth import DEFAULT_TEAM, configured_api_keys, team_for_token
 
-DEFAULT_TEAM = "default"
+__all__ = ["Caller", "KeyRing", "DEFAULT_TEAM", "bearer_token"]
 
 
-def parse_api_keys(text: str) -> dict[str, str]:
-    """``"key1:teamA,key2:teamB"`` (commas or newlines; ``#`` comments) -> ``{key: team}``.
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value (scheme case-insensitive, spaces ignored)."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
 
-    Raises
-    ------
-    ValueError
-        An entry without ``:``, or with an empty key or team (the message never shows the key).
-    """
-    keys: dict[str, str] = {}
-    for number, raw in enumerate(text.replace("\n", ",").split(","), 1):
-        entry = raw.split("#", 1)[0].strip()
-        if not entry:
-            continue
-        key, sep, team = entry.rpartition(":")
-        if not sep or not key.strip() or not team.strip():
-            raise ValueError(f"API key entry {number} must look like 'key:team' (key not shown)")
-        keys[key.strip()] = team.strip()
-    return keys
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller: its team and a non-secret id of its key (the rate-limit identity)."""
+
+    team: str
+    key_id: str
 
 
 @dataclass(frozen=True)
@@ -42,29 +38,24 @@ class KeyRing:
 
     @classmethod
     def from_env(cls, enabled: bool, configured: Mapping[str, str] | None = None) -> KeyRing:
-        """Keys given in the settings, else ``DIARFLOW_API_KEYS``, plus the file ``DIARFLOW_API_KEYS_FILE``.
+        """Keys given in the settings, else ``DIARFLOW_API_KEYS`` plus the file ``DIARFLOW_API_KEYS_FILE``."""
+        return cls(enabled, configured_api_keys(configured))
 
-        The shared parser of ``servers/auth.py`` is used when present (one syntax for every endpoint).
+    def caller_of(self, authorization: str | None) -> Caller | None:
+        """The caller presenting this ``Authorization`` value, or ``None`` when it must be refused (401).
+
+        However the header is spelled (``bearer``, extra spaces), one key is one caller.
         """
-        try:
-            from diarflow.servers.auth import parse_api_keys as parse
-        except ImportError:
-            parse = parse_api_keys
-        keys = dict(configured) if configured else parse(os.environ.get("DIARFLOW_API_KEYS", ""))
-        keys_file = os.environ.get("DIARFLOW_API_KEYS_FILE")
-        if keys_file:
-            keys.update(parse(Path(keys_file).read_text().replace("\n", ",")))
-        return cls(enabled, keys)
+        if not self.enabled:
+            return Caller(DEFAULT_TEAM, DEFAULT_TEAM)
+        token = bearer_token(authorization)
+        team = team_for_token(token, self.keys)
+        if token is None or team is None:
+            return None
+        key_id = hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return Caller(team, key_id)
 
     def team_of(self, authorization: str | None) -> str | None:
         """The team of an ``Authorization`` header value, or ``None`` when it must be refused (401)."""
-        if not self.enabled:
-            return DEFAULT_TEAM
-        if not authorization or not authorization.lower().startswith("bearer "):
-            return None
-        presented = authorization[7:].strip().encode()
-        team = None
-        for key, owner in self.keys.items():  # compare against every key in constant time
-            if hmac.compare_digest(key.encode(), presented):
-                team = owner
-        return team
+        caller = self.caller_of(authorization)
+        return caller.team if caller is not None else None

@@ -12,10 +12,12 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 __all__ = ["MEDIA_KEY_RE", "MediaStore", "UrlSigner", "load_or_create_secret"]
 
-MEDIA_KEY_RE = re.compile(r"^media://[a-zA-Z0-9\-_./]+$")
+# \Z, not $: "$" also matches before a trailing newline; callers use fullmatch
+MEDIA_KEY_RE = re.compile(r"media://[a-zA-Z0-9\-_./]+\Z")
 
 
 def load_or_create_secret(path: Path) -> bytes:
@@ -84,3 +86,24 @@ class MediaStore:
         final = self.path_of(team, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         return final.with_name(f"{final.name}.{secrets.token_hex(6)}.part")
+
+    def open_temp(self, team: str, key: str) -> tuple[Path, IO[bytes]]:
+        """A new ``.part`` file for an upload of ``key`` and its path (moved into place when complete)."""
+        path = self.temp_path_of(team, key)
+        return path, open(path, "wb")
+
+    def remove_partial_uploads(self, older_than: float | None = None) -> int:
+        """Delete ``.part`` files (all of them, or those last written before ``older_than``, Unix s).
+
+        At start-up every ``.part`` is a leftover of an upload cut off by a crash: no upload is in
+        flight yet. Returns how many were removed.
+        """
+        removed = 0
+        for part in self.root.glob("*/*.part"):
+            try:
+                if older_than is None or part.stat().st_mtime < older_than:
+                    part.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed

@@ -15,7 +15,7 @@ from diarflow.servers.jobs.fetch import FetchError, download
 from diarflow.servers.jobs.media import MediaStore
 from diarflow.servers.jobs.pool import JobCall, WorkerLost, WorkerPool, WorkerSlot, make_pool
 from diarflow.servers.jobs.settings import JobsSettings
-from diarflow.servers.jobs.store import Job, JobStore
+from diarflow.servers.jobs.store import Job, JobStore, StoreError
 from diarflow.servers.jobs.worker import JobFailure
 
 __all__ = ["JobRunner", "webhook_body"]
@@ -39,6 +39,10 @@ class JobRunner:
     A job's input is fetched here (async, capped, SSRF-guarded) into a work folder, then the worker
     diarizes the local file. Outcomes go to the store with a compare-and-set on the status, so a
     canceled job or a repeated result never produces a second outcome or a second webhook.
+
+    Store errors (a full disk) never end a slot: an outcome that cannot be written is kept and
+    written again until the store accepts it, and a job that cannot be started goes back to the
+    queue. Nothing accepted is lost: what a restart interrupts is re-queued from the store.
     """
 
     def __init__(self, store: JobStore, media: MediaStore, work_dir: Path, settings: JobsSettings,
@@ -52,6 +56,7 @@ class JobRunner:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._pool = WorkerPool([])
         self._tasks: list[asyncio.Task[None]] = []
+        self._retries: set[asyncio.TimerHandle] = set()
         self.on_terminal: asyncio.Event = asyncio.Event()  # pokes the webhook dispatcher
 
     async def start(self) -> None:
@@ -65,7 +70,13 @@ class JobRunner:
             self._queue.put_nowait(job.id)
         self._tasks = [asyncio.create_task(self._serve(slot)) for slot in self._pool.slots]
 
+    def dead_slots(self) -> int:
+        """Slots whose serving task has ended (none should: reported by ``/health``)."""
+        return sum(1 for task in self._tasks if task.done())
+
     async def stop(self) -> None:
+        for handle in self._retries:
+            handle.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -82,18 +93,55 @@ class JobRunner:
             shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
         return changed
 
+    async def record(self, job: Job, status: str, output: dict[str, Any],
+                     from_statuses: tuple[str, ...] = ("created", "running")) -> bool:
+        """:meth:`finish`, tried again (with back-off) until the store accepts it: the outcome is never dropped."""
+        delay_s = 0.1
+        while True:
+            try:
+                return self.finish(job, status, output, from_statuses)
+            except StoreError as exc:
+                log.warning("job %s: cannot record %s yet (%s); retrying in %.1f s", job.id, status, exc, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, self.settings.store_retry_max_s)
+
+    def _submit_later(self, job_id: str, delay_s: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def put() -> None:
+            self._retries.discard(handle)
+            self._queue.put_nowait(job_id)
+
+        handle = loop.call_later(delay_s, put)
+        self._retries.add(handle)
+
     async def _serve(self, slot: WorkerSlot) -> None:
+        """Run queued jobs on ``slot`` forever: no error of a job or of the store ends this loop."""
+        pause_s = 0.1
         while True:
             job_id = await self._queue.get()
             try:
                 await self._run(slot, job_id)
+                pause_s = 0.1
             except asyncio.CancelledError:
                 raise
+            except StoreError as exc:  # the job could not be started: it stays accepted, try it again later
+                log.warning("job %s: store unavailable (%s); re-queued in %.1f s", job_id, exc, pause_s)
+                self._submit_later(job_id, pause_s)
+                await asyncio.sleep(pause_s)  # do not spin through the queue while the store is down
+                pause_s = min(pause_s * 2, self.settings.store_retry_max_s)
             except Exception:  # never let one job take the slot down
                 log.exception("job %s: unexpected error", job_id)
-                job = self.store.get_job(job_id)
-                if job is not None:
-                    self.finish(job, "failed", {"error": "Internal error while processing the job"})
+                await self._fail_unexpectedly(job_id)
+
+    async def _fail_unexpectedly(self, job_id: str) -> None:
+        try:
+            job = self.store.get_job(job_id)
+        except StoreError:
+            self._submit_later(job_id, self.settings.store_retry_max_s)
+            return
+        if job is not None:
+            await self.record(job, "failed", {"error": "Internal error while processing the job"})
 
     async def _prepare_input(self, job: Job) -> tuple[str, str]:
         """Local path of the job's audio and the name to show in errors."""
@@ -128,18 +176,36 @@ class JobRunner:
             output = await slot.run(JobCall(job.id, job.kind, path, params, str(self.store.path),
                                             self.settings.max_audio_s, name))
         except JobFailure as exc:
-            self.finish(job, "failed", {"error": str(exc)})
+            await self.record(job, "failed", {"error": str(exc)})
             return
+        except StoreError:  # started but its input could not be looked up: back to created, tried again
+            await self._requeue_durably(job)
+            raise
         except WorkerLost:
-            job = self.store.requeue(job_id, crashed=True) or job
-            if job.status != "created":
-                return
-            if job.crashes >= 2:
-                log.warning("job %s: worker crashed twice, giving up", job_id)
-                self.finish(job, "failed", {"error": CRASH_MESSAGE})
-            else:
-                log.warning("job %s: worker crashed, retrying once", job_id)
-                self._queue.put_nowait(job_id)
+            await self._after_crash(job)
             return
         if output is not None:
-            self.finish(job, "succeeded", output, from_statuses=("running",))
+            await self.record(job, "succeeded", output, from_statuses=("running",))
+
+    async def _requeue_durably(self, job: Job, crashed: bool = False) -> Job:
+        """Put ``job`` back to ``created`` in the store, trying again until the store accepts it."""
+        delay_s = 0.1
+        while True:
+            try:
+                return self.store.requeue(job.id, crashed=crashed) or job
+            except StoreError as exc:
+                log.warning("job %s: cannot re-queue yet (%s)", job.id, exc)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, self.settings.store_retry_max_s)
+
+    async def _after_crash(self, job: Job) -> None:
+        """The worker died under ``job``: run it once more, or fail it after a second crash."""
+        job = await self._requeue_durably(job, crashed=True)
+        if job.status != "created":
+            return
+        if job.crashes >= 2:
+            log.warning("job %s: worker crashed twice, giving up", job.id)
+            await self.record(job, "failed", {"error": CRASH_MESSAGE})
+        else:
+            log.warning("job %s: worker crashed, retrying once", job.id)
+            self._queue.put_nowait(job.id)

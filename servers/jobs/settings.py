@@ -37,7 +37,20 @@ class JobsSettings:
     json_max_bytes
         Largest JSON request body, bytes.
     rate_limit_post, rate_limit_get
-        Requests per key and route in a sliding 60 s window.
+        Requests per authenticated key (or, for presigned URLs and with auth off, per client address)
+        and route in a sliding 60 s window.
+    auth_failures_per_min
+        Failed authentications per client address in a sliding 60 s window; past it every request
+        from that address that needs a key is answered 429 (key guessing is throttled).
+    rate_limit_windows
+        Most rate-limit windows kept in memory (least recently used forgotten first).
+    body_read_timeout_s
+        Longest wait for the next piece of a request body (JSON or upload), seconds; a client that
+        stalls longer gets 408 and the connection is closed.
+    min_free_bytes
+        Free space under the data directory below which ``/health`` reports ``degraded``.
+    store_retry_max_s
+        Longest pause between two attempts to record an outcome while the store fails (disk full).
     webhook_retry_delays_s
         Delay before each retry of a failed webhook delivery, seconds (contract: 0, 60, 300).
     webhook_timeout_s
@@ -87,6 +100,11 @@ class JobsSettings:
     allowed_addresses: tuple[str, ...] = ()
     backend: str = "local"
     ray_address: str | None = None
+    auth_failures_per_min: int = 30
+    rate_limit_windows: int = 10_000
+    body_read_timeout_s: float = 30.0
+    min_free_bytes: int = 64 << 20
+    store_retry_max_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -97,6 +115,11 @@ class JobsSettings:
             raise ValueError(f"backend must be 'local' or 'ray', got {self.backend!r}")
         if self.ray_address is not None and self.backend != "ray":
             raise ValueError("ray_address needs backend='ray' (hint: diarflow serve --workers ray --ray-address ...)")
+        for name in ("body_read_timeout_s", "store_retry_max_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.auth_failures_per_min < 1 or self.rate_limit_windows < 1:
+            raise ValueError("auth_failures_per_min and rate_limit_windows must be >= 1")
         if any(d < 0 for d in self.webhook_retry_delays_s):
             raise ValueError(f"webhook_retry_delays_s must be >= 0, got {self.webhook_retry_delays_s}")
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Concatenate, ParamSpec, TypeVar
 
-__all__ = ["Job", "Delivery", "JobStore", "TERMINAL", "connect"]
+__all__ = ["Job", "Delivery", "JobStore", "StoreError", "StoreHealth", "TERMINAL", "connect"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 
@@ -66,6 +70,53 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+class StoreError(Exception):
+    """A read or write of the job store failed (disk full, I/O error, locked for too long).
+
+    The store itself stays usable: the next call tries again, so callers retry or answer 503.
+    """
+
+
+@dataclass
+class StoreHealth:
+    """Outcome of the store's recent calls, for ``/health``.
+
+    ``failing`` is set by any failed call and cleared only by a successful *write*: on a full disk
+    reads still work, and must not make the store look healthy.
+    """
+
+    failing: bool = False
+    errors: int = 0
+    last_error: str = ""
+    last_error_at: float = 0.0
+
+    def failed(self, exc: BaseException) -> None:
+        self.failing = True
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error_at = time.time()
+
+
+def _tracked(write: bool) -> Callable[[Callable[Concatenate[JobStore, P], R]], Callable[Concatenate[JobStore, P], R]]:
+    """Turn ``sqlite3.Error`` into :class:`StoreError` and record the outcome in ``store.health``."""
+
+    def wrap(method: Callable[Concatenate[JobStore, P], R]) -> Callable[Concatenate[JobStore, P], R]:
+        @functools.wraps(method)
+        def call(self: JobStore, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                result = method(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                self.health.failed(exc)
+                raise StoreError(f"job store unavailable ({type(exc).__name__}: {exc})") from exc
+            if write:
+                self.health.failing = False
+            return result
+
+        return call
+
+    return wrap
+
+
 @dataclass(frozen=True)
 class Job:
     """One row of ``jobs``; times are Unix seconds."""
@@ -115,11 +166,13 @@ class JobStore:
     """All reads and writes of the API's durable state.
 
     Every call is one short transaction on a local file (sub-millisecond), so the server calls it
-    from the event loop; worker processes open their own connection only to report progress.
+    from the event loop; worker processes open their own connection only to report progress. Every
+    method raises :class:`StoreError` (never ``sqlite3.Error``) when the file cannot be read or written.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.health = StoreHealth()
         self._conn = connect(path)
         self._conn.row_factory = sqlite3.Row
         self._conn.executescript(_SCHEMA)
@@ -128,6 +181,7 @@ class JobStore:
         self._conn.close()
 
     # -- jobs -------------------------------------------------------------------------------------
+    @_tracked(write=True)
     def create_job(self, team: str, kind: str, params: dict[str, Any], webhook: str | None,
                    webhook_status_only: bool) -> Job:
         now = time.time()
@@ -136,10 +190,10 @@ class JobStore:
             "INSERT INTO jobs (id, team, kind, status, params, webhook, webhook_status_only, created_at, updated_at)"
             " VALUES (?, ?, ?, 'created', ?, ?, ?, ?, ?)",
             (job_id, team, kind, json.dumps(params), webhook, int(webhook_status_only), now, now))
-        job = self.get_job(job_id)
-        assert job is not None
-        return job
+        row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job.from_row(row)
 
+    @_tracked(write=False)
     def get_job(self, job_id: str, team: str | None = None) -> Job | None:
         if team is None:
             row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -147,6 +201,7 @@ class JobStore:
             row = self._conn.execute("SELECT * FROM jobs WHERE id = ? AND team = ?", (job_id, team)).fetchone()
         return Job.from_row(row) if row else None
 
+    @_tracked(write=False)
     def list_jobs(self, team: str, limit: int, cursor: str | None, status: str | None) -> tuple[list[Job], str | None]:
         """Newest first; ``cursor`` is the id of the last job of the previous page."""
         sql = "SELECT * FROM jobs WHERE team = ?"
@@ -167,25 +222,30 @@ class JobStore:
         next_cursor = jobs[limit - 1].id if len(jobs) > limit else None
         return jobs[:limit], next_cursor
 
+    @_tracked(write=False)
     def unfinished_jobs(self) -> list[Job]:
         """Jobs accepted but not terminal, oldest first (re-queued after a restart)."""
         rows = self._conn.execute(
             "SELECT * FROM jobs WHERE status IN ('created', 'running') ORDER BY created_at, id").fetchall()
         return [Job.from_row(r) for r in rows]
 
+    @_tracked(write=True)
     def requeue(self, job_id: str, crashed: bool = False) -> Job | None:
         self._conn.execute(
             "UPDATE jobs SET status = 'created', progress = NULL, worker_pid = NULL, updated_at = ?,"
             " crashes = crashes + ? WHERE id = ? AND status IN ('created', 'running')",
             (time.time(), int(crashed), job_id))
-        return self.get_job(job_id)
+        row = self._conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job.from_row(row) if row else None
 
+    @_tracked(write=True)
     def mark_running(self, job_id: str) -> bool:
         cur = self._conn.execute(
             "UPDATE jobs SET status = 'running', progress = 0.0, attempts = attempts + 1, updated_at = ?"
             " WHERE id = ? AND status = 'created'", (time.time(), job_id))
         return cur.rowcount == 1
 
+    @_tracked(write=True)
     def finish(self, job_id: str, status: str, output: dict[str, Any], webhook_body: bytes | None = None,
                from_statuses: tuple[str, ...] = ("created", "running")) -> bool:
         """Move a job to a terminal status and queue its webhook in the same transaction.
@@ -193,7 +253,8 @@ class JobStore:
         Returns ``False`` (and changes nothing) when the job was no longer in ``from_statuses``,
         which makes a late or repeated result harmless.
         """
-        assert status in TERMINAL
+        if status not in TERMINAL:
+            raise ValueError(f"finish needs a terminal status {sorted(TERMINAL)}, got {status!r}")
         now = time.time()
         marks = ",".join("?" * len(from_statuses))
         with self._conn:
@@ -211,11 +272,13 @@ class JobStore:
                     (job_id, row["team"], row["webhook"], webhook_body, now))
         return True
 
+    @_tracked(write=False)
     def expired_jobs(self, older_than: float) -> list[str]:
         rows = self._conn.execute("SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?",
                                   (older_than,)).fetchall()
         return [r["id"] for r in rows]
 
+    @_tracked(write=True)
     def delete_jobs(self, job_ids: list[str]) -> None:
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -224,42 +287,51 @@ class JobStore:
                 self._conn.execute("DELETE FROM deliveries WHERE job_id = ? AND state != 'pending'", (job_id,))
 
     # -- media ------------------------------------------------------------------------------------
+    @_tracked(write=True)
     def put_media(self, team: str, key: str, path: str, size: int) -> None:
         self._conn.execute(
             "INSERT INTO media (team, key, path, size, uploaded_at) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (team, key) DO UPDATE SET path = excluded.path, size = excluded.size,"
             " uploaded_at = excluded.uploaded_at", (team, key, path, size, time.time()))
 
+    @_tracked(write=False)
     def get_media(self, team: str, key: str) -> tuple[str, int, float] | None:
         row = self._conn.execute("SELECT path, size, uploaded_at FROM media WHERE team = ? AND key = ?",
                                  (team, key)).fetchone()
         return (row["path"], row["size"], row["uploaded_at"]) if row else None
 
+    @_tracked(write=False)
     def expired_media(self, older_than: float) -> list[tuple[str, str, str]]:
         rows = self._conn.execute("SELECT team, key, path FROM media WHERE uploaded_at < ?", (older_than,)).fetchall()
         return [(r["team"], r["key"], r["path"]) for r in rows]
 
+    @_tracked(write=True)
     def delete_media(self, team: str, key: str) -> None:
         self._conn.execute("DELETE FROM media WHERE team = ? AND key = ?", (team, key))
 
     # -- webhook deliveries -----------------------------------------------------------------------
+    @_tracked(write=False)
     def due_deliveries(self, now: float) -> list[Delivery]:
         rows = self._conn.execute(
             "SELECT * FROM deliveries WHERE state = 'pending' AND next_at <= ? ORDER BY next_at, id", (now,)).fetchall()
         return [Delivery(r["id"], r["job_id"], r["team"], r["url"], bytes(r["body"]), r["attempt"], r["reason"])
                 for r in rows]
 
+    @_tracked(write=False)
     def next_delivery_at(self) -> float | None:
         row = self._conn.execute("SELECT MIN(next_at) AS t FROM deliveries WHERE state = 'pending'").fetchone()
         return row["t"] if row and row["t"] is not None else None
 
+    @_tracked(write=True)
     def delivery_done(self, delivery_id: int, state: str, reason: str | None = None) -> None:
         self._conn.execute("UPDATE deliveries SET state = ?, reason = ? WHERE id = ?", (state, reason, delivery_id))
 
+    @_tracked(write=True)
     def delivery_retry(self, delivery_id: int, attempt: int, reason: str, next_at: float) -> None:
         self._conn.execute("UPDATE deliveries SET attempt = ?, reason = ?, next_at = ? WHERE id = ?",
                            (attempt, reason, next_at, delivery_id))
 
+    @_tracked(write=False)
     def deliveries_of(self, job_id: str) -> list[tuple[int, str, str | None]]:
         rows = self._conn.execute("SELECT attempt, state, reason FROM deliveries WHERE job_id = ?", (job_id,)).fetchall()
         return [(r["attempt"], r["state"], r["reason"]) for r in rows]

@@ -75,7 +75,7 @@ class _Checker:
     def input_url(self, field: str = "url") -> str | None:
         value = self.body.get(field)
         if isinstance(value, str) and value.startswith("media://"):
-            if len(value) > 255 or not MEDIA_KEY_RE.match(value):
+            if len(value) > 255 or not MEDIA_KEY_RE.fullmatch(value):
                 self.fail(field, "media URLs must match ^media://[a-zA-Z0-9\\-_./]+$ (at most 255 characters)")
                 return None
             return value
@@ -98,7 +98,7 @@ def parse_media_key(body: Any) -> str:
     """The ``media://`` key of a ``/v1/media/input|output`` body."""
     check = _Checker(body)
     value = check.get("url")
-    if not isinstance(value, str) or len(value) > 255 or not MEDIA_KEY_RE.match(value):
+    if not isinstance(value, str) or len(value) > 255 or not MEDIA_KEY_RE.fullmatch(value):
         check.fail("url", "url must be media://<key> with [a-zA-Z0-9-_./] characters, at most 255 in all")
     check.done()
     return str(value)

@@ -1,4 +1,9 @@
-"""Signed webhook deliveries with durable retries (immediately, after 1 min, after 5 min)."""
+"""Signed webhook deliveries with durable retries (immediately, after 1 min, after 5 min).
+
+Delivery is **at least once**: a delivery whose outcome was not recorded before a crash (or while the
+store could not be written) is sent again. Every request of one delivery, retries and re-sends after a
+restart included, carries the same ``Idempotency-Key`` header, so a receiver can drop duplicates.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +23,18 @@ import aiohttp
 from diarflow.servers.jobs.fetch import FetchError, request_guarded
 from diarflow.servers.jobs.media import load_or_create_secret
 from diarflow.servers.jobs.settings import JobsSettings
-from diarflow.servers.jobs.store import Delivery, JobStore
+from diarflow.servers.jobs.store import Delivery, JobStore, StoreError
 
 __all__ = ["WebhookSecrets", "WebhookDispatcher", "sign"]
 
 log = logging.getLogger("diarflow.jobs.webhooks")
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def idempotency_key(delivery: Delivery) -> str:
+    """The same for every attempt of one delivery, across retries and restarts (both parts are stored)."""
+    return f"{delivery.job_id}.{delivery.id}"
 
 
 def sign(secret: bytes, timestamp: int, body: bytes, encoding: str = "base64") -> str:
@@ -74,20 +86,33 @@ class WebhookDispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
+        """Send due deliveries forever; a store error only delays the next look (never ends the loop)."""
         while True:
-            for delivery in self.store.due_deliveries(time.time()):
-                if delivery.id not in self._inflight:
-                    self._inflight.add(delivery.id)
-                    task = asyncio.create_task(self._deliver(delivery))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-            next_at = self.store.next_delivery_at()
-            wait = 1.0 if next_at is None else min(max(next_at - time.time(), 0.05), 1.0)
+            try:
+                wait_s = self._dispatch_due()
+            except StoreError as exc:
+                log.warning("webhooks: store unavailable (%s); looking again in %.1f s", exc,
+                            self.settings.store_retry_max_s)
+                wait_s = self.settings.store_retry_max_s
+            except Exception:
+                log.exception("webhooks: unexpected error; looking again in %.1f s", self.settings.store_retry_max_s)
+                wait_s = self.settings.store_retry_max_s
             self.wake.clear()
             try:
-                await asyncio.wait_for(self.wake.wait(), wait)
+                await asyncio.wait_for(self.wake.wait(), wait_s)
             except asyncio.TimeoutError:
                 pass
+
+    def _dispatch_due(self) -> float:
+        """Start a task for every due delivery not in flight; returns how long to wait before looking again."""
+        for delivery in self.store.due_deliveries(time.time()):
+            if delivery.id not in self._inflight:
+                self._inflight.add(delivery.id)
+                task = asyncio.create_task(self._deliver(delivery))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        next_at = self.store.next_delivery_at()
+        return 1.0 if next_at is None else min(max(next_at - time.time(), 0.05), 1.0)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -101,6 +126,7 @@ class WebhookDispatcher:
             "Content-Type": "application/json",
             "X-Request-Timestamp": str(timestamp),
             "X-Signature": sign(self.secrets.of(delivery.team), timestamp, delivery.body, self.secrets.encoding),
+            IDEMPOTENCY_HEADER: idempotency_key(delivery),
         }
         if delivery.attempt > 0:
             headers["x-retry-num"] = str(delivery.attempt)
@@ -120,16 +146,31 @@ class WebhookDispatcher:
     async def _deliver(self, delivery: Delivery) -> None:
         try:
             reason = await self._attempt(delivery)
-            if reason is None:
-                self.store.delivery_done(delivery.id, "done")
-                return
-            delays = self.settings.webhook_retry_delays_s
-            if delivery.attempt >= len(delays):
-                log.warning("webhook of job %s failed after %d retries (%s)", delivery.job_id, delivery.attempt, reason)
-                self.store.delivery_done(delivery.id, "failed", reason)
-                return
-            self.store.delivery_retry(delivery.id, delivery.attempt + 1, reason,
-                                      time.time() + delays[delivery.attempt])
-            self.wake.set()
+            await self._record(delivery, reason)
         finally:
             self._inflight.discard(delivery.id)
+
+    async def _record(self, delivery: Delivery, reason: str | None) -> None:
+        """Write the attempt's outcome, trying again while the store fails (the delivery stays in flight
+        meanwhile, so it is not sent again before its outcome is known)."""
+        delay_s = 0.1
+        while True:
+            try:
+                self._write_outcome(delivery, reason)
+                return
+            except StoreError as exc:
+                log.warning("webhook of job %s: cannot record the attempt yet (%s)", delivery.job_id, exc)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, self.settings.store_retry_max_s)
+
+    def _write_outcome(self, delivery: Delivery, reason: str | None) -> None:
+        if reason is None:
+            self.store.delivery_done(delivery.id, "done")
+            return
+        delays = self.settings.webhook_retry_delays_s
+        if delivery.attempt >= len(delays):
+            log.warning("webhook of job %s failed after %d retries (%s)", delivery.job_id, delivery.attempt, reason)
+            self.store.delivery_done(delivery.id, "failed", reason)
+            return
+        self.store.delivery_retry(delivery.id, delivery.attempt + 1, reason, time.time() + delays[delivery.attempt])
+        self.wake.set()

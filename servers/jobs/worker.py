@@ -6,17 +6,27 @@ progress and the worker's pid go straight to the job store (its own SQLite conne
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
+
+from diarflow.servers.jobs.probe import demuxed_duration_s, too_long_message
 
 __all__ = ["JobFailure", "StoreProgress", "init_worker", "load_resources", "run_job", "run_job_reporting"]
 
 _resources: Any = None
 _PROGRESS_PERIOD_S = 0.5
+_LENGTH_TOLERANCE_S = 0.05  # container rounding: a file of exactly the limit is accepted
+_CONFIDENCE_FRAME_S = 0.02
+_NO_SPEECH_CONFIDENCE = 100  # the engine's value for frames it is sure hold no speaker
+log = logging.getLogger("diarflow.jobs.worker")
 
 
 class JobFailure(Exception):
@@ -60,33 +70,49 @@ def warm_up() -> int:
 
 class StoreProgress:
     """Writes a job's progress (0..1) to the store at most every ``_PROGRESS_PERIOD_S`` and notices
-    cancellation (raises ``_Canceled`` once the job is no longer running)."""
+    cancellation (raises ``_Canceled`` once the job is no longer running).
+
+    Progress is best effort: a store that cannot be read or written (disk full) skips an update and
+    never fails the job; the server records the outcome when the store is back.
+    """
 
     def __init__(self, db_path: str, job_id: str, worker_pid: int | None = None) -> None:
         self._conn = sqlite3.connect(db_path, timeout=10.0, isolation_level=None)
-        self._conn.execute("PRAGMA busy_timeout=10000")
         self._job_id = job_id
         self._last = 0.0
         self._pid: int | None = None
+        self._write("PRAGMA busy_timeout=10000")
         if worker_pid is not None:
             self.set_worker(worker_pid)
+
+    def _write(self, sql: str, args: tuple[Any, ...] = ()) -> None:
+        try:
+            self._conn.execute(sql, args)
+        except sqlite3.Error as exc:
+            log.warning("job %s: progress not recorded (%s)", self._job_id, exc)
+
+    def _canceled(self) -> bool:
+        try:
+            row = self._conn.execute("SELECT status FROM jobs WHERE id = ?", (self._job_id,)).fetchone()
+        except sqlite3.Error:
+            return False  # cannot tell: keep going, the server's compare-and-set decides at the end
+        return row is None or row[0] != "running"
 
     def set_worker(self, pid: int) -> None:
         if pid != self._pid:
             self._pid = pid
-            self._conn.execute("UPDATE jobs SET worker_pid = ? WHERE id = ?", (pid, self._job_id))
+            self._write("UPDATE jobs SET worker_pid = ? WHERE id = ?", (pid, self._job_id))
 
     def __call__(self, done_s: float, total_s: float | None) -> None:
         now = time.monotonic()
         if now - self._last < _PROGRESS_PERIOD_S:
             return
         self._last = now
-        fraction = min(done_s / total_s, 0.99) if total_s else 0.0
-        row = self._conn.execute("SELECT status FROM jobs WHERE id = ?", (self._job_id,)).fetchone()
-        if row is None or row[0] != "running":
+        if self._canceled():
             raise _Canceled()
-        self._conn.execute("UPDATE jobs SET progress = ? WHERE id = ? AND status = 'running'",
-                           (round(fraction, 4), self._job_id))
+        fraction = min(done_s / total_s, 0.99) if total_s else 0.0
+        self._write("UPDATE jobs SET progress = ? WHERE id = ? AND status = 'running'",
+                    (round(fraction, 4), self._job_id))
 
     def canceled(self, done_s: float, total_s: float | None) -> bool:
         """The same, as a question (for a worker that runs elsewhere and is polled)."""
@@ -100,10 +126,32 @@ class StoreProgress:
         self._conn.close()
 
 
-def _too_long(limit_s: float) -> str:
-    if limit_s >= 3600 and limit_s % 3600 == 0:
-        return f"Audio is longer than {int(limit_s // 3600)} h"
-    return f"Audio is longer than {limit_s:g} s"
+def _checked_length_s(input_path: str, limit_s: float) -> float | None:
+    """The input's length in seconds (packets first, then the declared duration); fails fast past the limit.
+
+    Raises
+    ------
+    JobFailure
+        The audio is longer than ``limit_s`` (checked before any decoding).
+    """
+    from diarflow.audio import probe_duration_s
+
+    declared_s = probe_duration_s(input_path)
+    if declared_s is not None and declared_s > limit_s + _LENGTH_TOLERANCE_S:
+        raise JobFailure(too_long_message(limit_s))
+    measured_s = demuxed_duration_s(input_path, limit_s + _LENGTH_TOLERANCE_S)
+    if measured_s is not None and measured_s > limit_s + _LENGTH_TOLERANCE_S:
+        raise JobFailure(too_long_message(limit_s))
+    return measured_s if measured_s else declared_s
+
+
+def _whole_file_confidence(result: Any) -> Any:
+    """``result`` with a frame confidence covering the whole input (the contract: ``score[i]`` for every
+    20 ms of the file), also when the engine found no speech and so produced none."""
+    if result.frame_confidence is not None:
+        return result
+    frames = int(np.ceil(round(result.duration_s / _CONFIDENCE_FRAME_S, 6)))
+    return replace(result, frame_confidence=np.full(frames, _NO_SPEECH_CONFIDENCE, np.uint8))
 
 
 def run_job(job_id: str, kind: str, input_path: str, params: dict[str, Any], db_path: str,
@@ -137,18 +185,16 @@ def run_job_reporting(kind: str, input_path: str, params: dict[str, Any], max_au
 def _execute(kind: str, input_path: str, params: dict[str, Any], max_audio_s: float, source_name: str,
              on_progress: Callable[[float, float | None], None]) -> dict[str, Any] | None:
     from diarflow.api import diarize
-    from diarflow.audio import AudioDecodeError, probe_duration_s
+    from diarflow.audio import AudioDecodeError
 
     if not Path(input_path).is_file():  # a Ray node that does not share the server's data folder
         raise JobFailure("Could not load audio: the input is not readable on this worker")
     limit_s = max_audio_s if kind != "voiceprint" else min(max_audio_s, float(params.get("maxAudioS", 30.0)))
-    total_s = probe_duration_s(input_path)
-    if total_s is not None and total_s > limit_s + 0.05:
-        raise JobFailure(_too_long(limit_s))
+    total_s = _checked_length_s(input_path, limit_s)
 
     def reporter(done_s: float) -> None:
-        if done_s > limit_s + 0.05:
-            raise JobFailure(_too_long(limit_s))
+        if done_s > limit_s + _LENGTH_TOLERANCE_S:
+            raise JobFailure(too_long_message(limit_s))
         on_progress(done_s, total_s)
 
     try:
@@ -170,6 +216,8 @@ def _execute(kind: str, input_path: str, params: dict[str, Any], max_audio_s: fl
         if not result.speaker_embeddings:
             raise JobFailure("No speech found in the voiceprint audio")
         return {"voiceprint": encode_voiceprint(next(iter(result.speaker_embeddings.values())))}
+    if params.get("confidence"):
+        result = _whole_file_confidence(result)
     output = result.to_json(confidence=bool(params.get("confidence")),
                             turn_level_confidence=bool(params.get("turnLevelConfidence")),
                             exclusive=bool(params.get("exclusive")))

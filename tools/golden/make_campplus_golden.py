@@ -353,6 +353,9 @@ def main(argv) -> int:
     if len(argv) < 2:
         print(__doc__)
         return 2
+    if not AUDIO.is_file():
+        print(f"make_campplus_golden: skipped, no dev corpus at {AUDIO.parent}")
+        return 0
     ckpt = Path(argv[1])
     out = Path(argv[2]) if len(argv) > 2 else DEFAULT_OUT
 

@@ -1,4 +1,4 @@
-"""Evaluation helpers shared by tests, benchmarks and notebooks: RTTM I/O, the dev corpus, EER."""
+"""Evaluation helpers for tests, benchmarks and notebooks: RTTM I/O, the dev corpus, shipped clips, DER, EER."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ __all__ = [
     "DevItem",
     "Turn",
     "default_dev_dir",
+    "dev_dir_or_clips",
+    "shipped_clips_dir",
     "diarization_error_rate",
     "equal_error_rate",
     "load_dev_items",
@@ -43,12 +45,30 @@ class DevItem:
     variant: str
 
 
+_CHECKOUT = Path(__file__).resolve().parents[2]  # diarflow/testing/evaluation.py -> the repository root
+
+
 def default_dev_dir() -> Path:
-    """``$DIARFLOW_DEV_DIR``, else ``shared/eval/dev`` beside the repository checkout."""
+    """``$DIARFLOW_DEV_DIR``, else ``shared/eval/dev`` beside the repository checkout (may not exist)."""
     explicit = os.environ.get("DIARFLOW_DEV_DIR")
     if explicit:
         return Path(explicit)
-    return Path(__file__).resolve().parents[2] / "shared" / "eval" / "dev"
+    return _CHECKOUT.parent / "shared" / "eval" / "dev"
+
+
+def shipped_clips_dir() -> Path:
+    """``tests/data/speech`` of the checkout: short real-speech clips with exact references (see its README).
+
+    They travel with the repository, so the tests and notebooks run on a clone with no dev corpus beside
+    it. Same layout as the dev corpus (``manifest.json``, FLAC, RTTM), so :func:`load_dev_items` reads it.
+    """
+    return _CHECKOUT / "tests" / "data" / "speech"
+
+
+def dev_dir_or_clips() -> Path:
+    """The dev corpus when it is there (:func:`default_dev_dir`), else the shipped clips."""
+    dev_dir = default_dev_dir()
+    return dev_dir if (dev_dir / "manifest.json").is_file() else shipped_clips_dir()
 
 
 def load_dev_items(dev_dir: Path | None = None) -> list[DevItem]:
