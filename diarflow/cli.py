@@ -87,7 +87,9 @@ def _port_busy_message(host: str, port: int) -> str:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from diarflow.ray_backend import RayUnavailable
     from diarflow.servers.app import ServerSettings, run_server
+    from diarflow.servers.jobs.settings import JobsSettings
 
     if _port_in_use(args.host, args.port):  # say so before spending seconds loading the models
         print(_port_busy_message(args.host, args.port), file=sys.stderr)
@@ -100,11 +102,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         auth_enabled=args.auth or os.environ.get("AUTH_ENABLED", "").lower() in {"1", "true", "yes"},
         idle_timeout_s=args.idle_timeout,
         data_dir=Path(args.data_dir) if args.data_dir else None,
+        jobs=JobsSettings(backend=args.workers, ray_address=args.ray_address),
     )
     try:
         run_server(settings)
     except ModelProvisioningError as exc:
         print(f"diarflow: cannot start, models unavailable: {exc}", file=sys.stderr)
+        return 1
+    except RayUnavailable as exc:
+        print(f"diarflow: cannot start the Ray workers: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:  # taken between the check above and the bind
@@ -285,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="offline (default, best accuracy) or stream (the live endpoint's path, 200 ms chunks)")
     diar.set_defaults(func=_cmd_diarize)
 
+    from diarflow.batch import add_batch_arguments, batch_command
+
+    batch = sub.add_parser("batch", help="diarize many files (folders, globs, lists) locally or on Ray, resumable")
+    add_batch_arguments(batch)
+    batch.set_defaults(func=batch_command)
+
     serve = sub.add_parser("serve", help="run the HTTP / WebSocket server (the try-it page, live endpoint, job API)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
@@ -297,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=None, metavar="DIR",
                        help="job API data: SQLite store, uploaded media, secrets "
                             "(default $DIARFLOW_DATA_DIR or ~/.local/share/diarflow)")
+    serve.add_argument("--workers", choices=["local", "ray"], default="local",
+                       help="where job API jobs run: local processes (default) or a Ray actor pool")
+    serve.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="with --workers ray: join this Ray cluster ('auto' or host:port); default a local Ray")
     serve.set_defaults(func=_cmd_serve)
 
     stream = sub.add_parser("stream", help="stream a file to a running server's live endpoint")

@@ -24,12 +24,18 @@ from diarflow.testing import ServerProcess, upload, wait_for_job
 SECRET = "flow-test-secret"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, model_paths: ModelPaths) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=["local", "ray"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+           model_paths: ModelPaths) -> Iterator[ServerProcess]:
+    """A server whose jobs run on local worker processes, or on a Ray actor (a local Ray started and
+    stopped by the server): every test of this module runs against both backends."""
+    if request.param == "ray":
+        pytest.importorskip("ray")
     with ServerProcess(tmp_path_factory.mktemp("jobs-flow"),
                        env={"DIARFLOW_ALLOW_PRIVATE_URLS": "1", "DIARFLOW_WEBHOOK_SECRET": SECRET},
                        jobs={"workers": 1, "webhook_retry_delays_s": [0.0, 0.3, 0.3], "upload_max_bytes": 8_000_000,
-                             "rate_limit_get": 100_000},  # limits are tested in test_jobs_api
+                             "rate_limit_get": 100_000,  # limits are tested in test_jobs_api
+                             "backend": request.param},
                        model_dir=str(model_paths.campplus.parent)) as proc:
         yield proc
 

@@ -214,6 +214,7 @@ async def test_progress_moves_while_a_job_of_undeclared_length_runs(api: aiohttp
                                                                      speech_clips: dict[str, DevItem]) -> None:
     dev05 = speech_clips["six_speakers"]
     samples, _ = sf.read(dev05.audio_path, dtype="int16")
+    samples = np.concatenate([samples, samples])  # 116 s: two 60 s decode chunks, so progress is seen mid-job
     hidden = _hidden_length_flac(tmp_path / "dev05_hidden.flac", samples)
     await upload(api, "media://dev05_hidden.flac", hidden)
     job_id = (await (await api.post("/v1/diarize", json={"url": "media://dev05_hidden.flac"})).json())["jobId"]

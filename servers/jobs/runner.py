@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
-import multiprocessing
-import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +13,10 @@ import aiohttp
 
 from diarflow.servers.jobs.fetch import FetchError, download
 from diarflow.servers.jobs.media import MediaStore
+from diarflow.servers.jobs.pool import JobCall, WorkerLost, WorkerPool, WorkerSlot, make_pool
 from diarflow.servers.jobs.settings import JobsSettings
 from diarflow.servers.jobs.store import Job, JobStore, StoreError
-from diarflow.servers.jobs.worker import JobFailure, init_worker, run_job
+from diarflow.servers.jobs.worker import JobFailure
 
 __all__ = ["JobRunner", "webhook_body"]
 
@@ -35,40 +31,6 @@ def webhook_body(job: Job, status: str, output: dict[str, Any]) -> bytes:
     if status == "succeeded" and not job.webhook_status_only:
         body["output"] = output
     return json.dumps(body, separators=(",", ":")).encode()
-
-
-class _Slot:
-    """One worker process, in a one-process pool so that a crash breaks only this slot."""
-
-    def __init__(self, model_dir: str | None) -> None:
-        self._model_dir = model_dir
-        self._pool: ProcessPoolExecutor | None = None  # started with the first job
-
-    @property
-    def pool(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = self._new_pool()
-        return self._pool
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        # spawn: the server already runs threads (asyncio.to_thread, onnxruntime), fork would be unsafe
-        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=init_worker, initargs=(self._model_dir, os.getpid()))
-
-    def restart(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = self._new_pool()
-
-    def close(self) -> None:
-        if self._pool is None:
-            return
-        processes = list((getattr(self._pool, "_processes", None) or {}).values())
-        for proc in processes:
-            proc.kill()  # the server is stopping: a job cut short runs again after restart
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        for proc in processes:
-            proc.join(5)
 
 
 class JobRunner:
@@ -92,7 +54,7 @@ class JobRunner:
         self.http = http
         self._model_dir = str(model_dir) if model_dir else None
         self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._slots: list[_Slot] = []
+        self._pool = WorkerPool([])
         self._tasks: list[asyncio.Task[None]] = []
         self._retries: set[asyncio.TimerHandle] = set()
         self.on_terminal: asyncio.Event = asyncio.Event()  # pokes the webhook dispatcher
@@ -100,13 +62,13 @@ class JobRunner:
     async def start(self) -> None:
         """Start the workers and re-queue jobs a previous run left unfinished."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._slots = [_Slot(self._model_dir) for _ in range(self.settings.worker_count)]
+        self._pool = make_pool(self.settings, self._model_dir)
         for job in self.store.unfinished_jobs():
             if job.status == "running":
                 self.store.requeue(job.id)
             log.info("re-queued job %s after restart", job.id)
             self._queue.put_nowait(job.id)
-        self._tasks = [asyncio.create_task(self._serve(slot)) for slot in self._slots]
+        self._tasks = [asyncio.create_task(self._serve(slot)) for slot in self._pool.slots]
 
     def dead_slots(self) -> int:
         """Slots whose serving task has ended (none should: reported by ``/health``)."""
@@ -118,8 +80,7 @@ class JobRunner:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for slot in self._slots:
-            slot.close()
+        self._pool.close()
 
     def submit(self, job_id: str) -> None:
         self._queue.put_nowait(job_id)
@@ -154,7 +115,7 @@ class JobRunner:
         handle = loop.call_later(delay_s, put)
         self._retries.add(handle)
 
-    async def _serve(self, slot: _Slot) -> None:
+    async def _serve(self, slot: WorkerSlot) -> None:
         """Run queued jobs on ``slot`` forever: no error of a job or of the store ends this loop."""
         pause_s = 0.1
         while True:
@@ -203,7 +164,7 @@ class JobRunner:
             raise JobFailure("Could not load audio: timed out while downloading") from None
         return str(dest), "the downloaded file"
 
-    async def _run(self, slot: _Slot, job_id: str) -> None:
+    async def _run(self, slot: WorkerSlot, job_id: str) -> None:
         job = self.store.get_job(job_id)
         if job is None or not self.store.mark_running(job_id):
             return  # canceled or expired while queued
@@ -212,23 +173,15 @@ class JobRunner:
             params = dict(job.params)
             if job.kind == "voiceprint":
                 params["maxAudioS"] = self.settings.voiceprint_max_audio_s
-            call = functools.partial(run_job, job.id, job.kind, path, params, str(self.store.path),
-                                     self.settings.max_audio_s, name)
-            loop = asyncio.get_running_loop()
-            try:
-                future = loop.run_in_executor(slot.pool, call)
-            except BrokenProcessPool:  # the worker died while idle: not this job's fault
-                slot.restart()
-                future = loop.run_in_executor(slot.pool, call)
-            output = await future
+            output = await slot.run(JobCall(job.id, job.kind, path, params, str(self.store.path),
+                                            self.settings.max_audio_s, name))
         except JobFailure as exc:
             await self.record(job, "failed", {"error": str(exc)})
             return
         except StoreError:  # started but its input could not be looked up: back to created, tried again
             await self._requeue_durably(job)
             raise
-        except BrokenProcessPool:
-            slot.restart()
+        except WorkerLost:
             await self._after_crash(job)
             return
         if output is not None:

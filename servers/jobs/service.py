@@ -116,7 +116,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                       RateLimiter(max_windows=settings.rate_limit_windows), runner)
     app[JOBS] = ctx
     dispatcher = WebhookDispatcher(store, WebhookSecrets.load(root), settings, http, runner.on_terminal)
-    await runner.start()
+    try:
+        await runner.start()
+    except BaseException:  # e.g. no Ray cluster at --ray-address: close what was opened
+        await http.close()
+        store.close()
+        raise
     tasks = [asyncio.create_task(dispatcher.run()), asyncio.create_task(_sweeper(ctx, work_dir))]
     app[JOB_TASKS] = tasks
     log.info("job API ready: data in %s, %d workers", root, settings.worker_count)

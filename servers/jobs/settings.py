@@ -74,6 +74,11 @@ class JobsSettings:
         ``DIARFLOW_ALLOW_PRIVATE_URLS``.
     allowed_addresses
         Single non-public addresses that outbound requests may still reach (e.g. a LAN webhook receiver).
+    backend
+        Where jobs run: ``"local"`` worker processes, or ``"ray"`` actors (``pip install 'diarflow[ray]'``).
+    ray_address
+        With ``backend="ray"``: the cluster to join (``"auto"``, ``host:port``); ``None`` starts a local Ray.
+        ``workers=0`` then means one actor per CPU of the cluster.
     """
 
     workers: int = 0
@@ -93,6 +98,8 @@ class JobsSettings:
     voiceprint_max_audio_s: float = 30.0
     allow_private_urls: bool | None = None
     allowed_addresses: tuple[str, ...] = ()
+    backend: str = "local"
+    ray_address: str | None = None
     auth_failures_per_min: int = 30
     rate_limit_windows: int = 10_000
     body_read_timeout_s: float = 30.0
@@ -104,6 +111,10 @@ class JobsSettings:
             raise ValueError(f"workers must be >= 0 (0 = one per core), got {self.workers}")
         if self.upload_max_bytes < 1:
             raise ValueError(f"upload_max_bytes must be >= 1, got {self.upload_max_bytes}")
+        if self.backend not in ("local", "ray"):
+            raise ValueError(f"backend must be 'local' or 'ray', got {self.backend!r}")
+        if self.ray_address is not None and self.backend != "ray":
+            raise ValueError("ray_address needs backend='ray' (hint: diarflow serve --workers ray --ray-address ...)")
         for name in ("body_read_timeout_s", "store_retry_max_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")

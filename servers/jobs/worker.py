@@ -13,13 +13,13 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from diarflow.servers.jobs.probe import demuxed_duration_s, too_long_message
 
-__all__ = ["JobFailure", "init_worker", "run_job"]
+__all__ = ["JobFailure", "StoreProgress", "init_worker", "load_resources", "run_job", "run_job_reporting"]
 
 _resources: Any = None
 _PROGRESS_PERIOD_S = 0.5
@@ -45,17 +45,22 @@ def _watch_parent(parent_pid: int) -> None:
             os._exit(0)
 
 
-def init_worker(model_dir: str | None, parent_pid: int) -> None:
-    """Pool initializer: load the models once for every job this process will run."""
+def load_resources(model_dir: str | None) -> None:
+    """Load the models once for every job this process (a pool worker or a Ray actor) will run."""
     global _resources
     from diarflow.operators.models import Resources
 
+    _resources = Resources.load(Path(model_dir) if model_dir else None, parallel_calls=1)
+
+
+def init_worker(model_dir: str | None, parent_pid: int) -> None:
+    """Pool initializer: load the models once for every job this process will run."""
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     try:  # batch work yields the CPU to the server's event loop, so polling stays fast under load
         os.nice(5)
     except OSError:
         pass
-    _resources = Resources.load(Path(model_dir) if model_dir else None, parallel_calls=1)
+    load_resources(model_dir)
 
 
 def warm_up() -> int:
@@ -63,21 +68,22 @@ def warm_up() -> int:
     return os.getpid()
 
 
-class _Reporter:
-    """Writes progress (decoded seconds / total, 0..1) at most every ``_PROGRESS_PERIOD_S`` and notices cancellation.
+class StoreProgress:
+    """Writes a job's progress (0..1) to the store at most every ``_PROGRESS_PERIOD_S`` and notices
+    cancellation (raises ``_Canceled`` once the job is no longer running).
 
     Progress is best effort: a store that cannot be read or written (disk full) skips an update and
     never fails the job; the server records the outcome when the store is back.
     """
 
-    def __init__(self, db_path: str, job_id: str, total_s: float | None, limit_s: float) -> None:
+    def __init__(self, db_path: str, job_id: str, worker_pid: int | None = None) -> None:
         self._conn = sqlite3.connect(db_path, timeout=10.0, isolation_level=None)
         self._job_id = job_id
-        self._total_s = total_s
-        self._limit_s = limit_s
         self._last = 0.0
+        self._pid: int | None = None
         self._write("PRAGMA busy_timeout=10000")
-        self._write("UPDATE jobs SET worker_pid = ? WHERE id = ?", (os.getpid(), job_id))
+        if worker_pid is not None:
+            self.set_worker(worker_pid)
 
     def _write(self, sql: str, args: tuple[Any, ...] = ()) -> None:
         try:
@@ -92,18 +98,29 @@ class _Reporter:
             return False  # cannot tell: keep going, the server's compare-and-set decides at the end
         return row is None or row[0] != "running"
 
-    def __call__(self, done_s: float) -> None:
-        if done_s > self._limit_s + _LENGTH_TOLERANCE_S:
-            raise JobFailure(too_long_message(self._limit_s))
+    def set_worker(self, pid: int) -> None:
+        if pid != self._pid:
+            self._pid = pid
+            self._write("UPDATE jobs SET worker_pid = ? WHERE id = ?", (pid, self._job_id))
+
+    def __call__(self, done_s: float, total_s: float | None) -> None:
         now = time.monotonic()
         if now - self._last < _PROGRESS_PERIOD_S:
             return
         self._last = now
         if self._canceled():
             raise _Canceled()
-        fraction = min(done_s / self._total_s, 0.99) if self._total_s else 0.0
+        fraction = min(done_s / total_s, 0.99) if total_s else 0.0
         self._write("UPDATE jobs SET progress = ? WHERE id = ? AND status = 'running'",
                     (round(fraction, 4), self._job_id))
+
+    def canceled(self, done_s: float, total_s: float | None) -> bool:
+        """The same, as a question (for a worker that runs elsewhere and is polled)."""
+        try:
+            self(done_s, total_s)
+        except _Canceled:
+            return True
+        return False
 
     def close(self) -> None:
         self._conn.close()
@@ -139,19 +156,47 @@ def _whole_file_confidence(result: Any) -> Any:
 
 def run_job(job_id: str, kind: str, input_path: str, params: dict[str, Any], db_path: str,
             max_audio_s: float, source_name: str) -> dict[str, Any] | None:
-    """Run one job; returns its output, or ``None`` if it was canceled meanwhile.
+    """Run one job in a local worker process; returns its output, or ``None`` if it was canceled
+    meanwhile (progress and cancellation go through the store at ``db_path``).
 
     Raises
     ------
     JobFailure
         Unreadable input, audio too long, invalid speaker constraints, a bad voiceprint.
     """
+    progress = StoreProgress(db_path, job_id, os.getpid())
+    try:
+        return _execute(kind, input_path, params, max_audio_s, source_name, progress)
+    finally:
+        progress.close()
+
+
+def run_job_reporting(kind: str, input_path: str, params: dict[str, Any], max_audio_s: float, source_name: str,
+                      *, report: Callable[[tuple[float, float | None]], bool]) -> dict[str, Any] | None:
+    """Run one job where the store is out of reach (a Ray actor): progress ``(done_s, total_s)`` goes
+    to ``report``, which returns ``True`` once the job should stop; returns ``None`` then."""
+    def on_progress(done_s: float, total_s: float | None) -> None:
+        if report((done_s, total_s)):
+            raise _Canceled()
+
+    return _execute(kind, input_path, params, max_audio_s, source_name, on_progress)
+
+
+def _execute(kind: str, input_path: str, params: dict[str, Any], max_audio_s: float, source_name: str,
+             on_progress: Callable[[float, float | None], None]) -> dict[str, Any] | None:
     from diarflow.api import diarize
     from diarflow.audio import AudioDecodeError
 
+    if not Path(input_path).is_file():  # a Ray node that does not share the server's data folder
+        raise JobFailure("Could not load audio: the input is not readable on this worker")
     limit_s = max_audio_s if kind != "voiceprint" else min(max_audio_s, float(params.get("maxAudioS", 30.0)))
     total_s = _checked_length_s(input_path, limit_s)
-    reporter = _Reporter(db_path, job_id, total_s, limit_s)
+
+    def reporter(done_s: float) -> None:
+        if done_s > limit_s + _LENGTH_TOLERANCE_S:
+            raise JobFailure(too_long_message(limit_s))
+        on_progress(done_s, total_s)
+
     try:
         if kind == "voiceprint":
             result = diarize(input_path, num_speakers=1, resources=_resources, on_progress=reporter)
@@ -165,8 +210,6 @@ def run_job(job_id: str, kind: str, input_path: str, params: dict[str, Any], db_
         raise JobFailure("Could not load audio: " + str(exc).replace(input_path, source_name)) from None
     except ValueError as exc:
         raise JobFailure(str(exc)) from None
-    finally:
-        reporter.close()
     if kind == "voiceprint":
         from diarflow.voiceprints import encode_voiceprint
 
