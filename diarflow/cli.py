@@ -161,7 +161,10 @@ def _progress_printer(name: str, total_s: float | None) -> Callable[[float], Non
 def _cmd_diarize(args: argparse.Namespace) -> int:
     import time
 
+    from dataclasses import replace
+
     from diarflow.api import diarize
+    from diarflow.operators.pipeline import PipelineConfig
     from diarflow.audio import AudioDecodeError, probe_duration_s
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -178,13 +181,16 @@ def _cmd_diarize(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     out_dir.mkdir(parents=True, exist_ok=True)
+    config = PipelineConfig()
+    if args.merge_similarity is not None:
+        config = replace(config, clustering=replace(config.clustering, merge_similarity=args.merge_similarity))
     failures = 0
     for name in args.files:
         path = Path(name)
         started = time.perf_counter()
         try:
             result = diarize(path, num_speakers=args.num_speakers, min_speakers=args.min_speakers,
-                             max_speakers=args.max_speakers, mode=args.mode,
+                             max_speakers=args.max_speakers, mode=args.mode, config=config,
                              on_progress=_progress_printer(path.name, probe_duration_s(path)))
         except AudioDecodeError as exc:
             if sys.stderr.isatty():
@@ -227,6 +233,17 @@ def _same_output_names(files: Sequence[str]) -> tuple[str, str] | None:
             return seen[stem], name
         seen[stem] = name
     return None
+
+
+def similarity(text: str) -> float:
+    """An ``argparse`` type for a cosine similarity in (-1, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between -1 and 1, got {text!r}") from None
+    if not -1.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between -1 and 1, got {value}")
+    return value
 
 
 def speaker_count(text: str) -> int:
@@ -287,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="at least N speakers (default: estimated from the audio)")
     diar.add_argument("--max-speakers", type=speaker_count, metavar="N",
                       help="at most N speakers (default: no limit)")
+    diar.add_argument("--merge-similarity", type=similarity, metavar="X",
+                      help="offline clustering sensitivity (default 0.7): two speakers whose voices are more "
+                           "similar than X (cosine) become one; lower it when one person comes out as two "
+                           "speakers, raise it when two people are merged")
     diar.add_argument("--mode", choices=["offline", "stream"], default="offline",
                       help="offline (default, best accuracy) or stream (the live endpoint's path, 200 ms chunks)")
     diar.set_defaults(func=_cmd_diarize)

@@ -53,6 +53,25 @@ def test_bad_speaker_counts_are_named_in_plain_words(value: str, shown: str) -> 
     assert "_speaker_count" not in line and "invalid" not in line
 
 
+def test_bad_merge_similarity_is_one_line() -> None:
+    proc = _diarflow("diarize", "x.wav", "--merge-similarity", "1.5")
+    line = _one_line(proc.stderr)
+    assert proc.returncode == 2 and "--merge-similarity" in line and "between -1 and 1" in line
+
+
+def test_merge_similarity_is_the_clustering_sensitivity(speech_clips: dict[str, DevItem], tmp_path: Path) -> None:
+    """The default keeps the two voices of the clip apart; a low enough value merges every speaker."""
+    clip = str(speech_clips["two_speakers"].audio_path)
+    counts = {}
+    for value in ("0.7", "-0.9"):
+        out = tmp_path / value
+        proc = _diarflow("diarize", clip, "--out", str(out), "--merge-similarity", value)
+        assert proc.returncode == 0, proc.stderr
+        rttm = (out / "two_speakers.rttm").read_text().splitlines()
+        counts[value] = len({line.split()[7] for line in rttm})
+    assert counts == {"0.7": 2, "-0.9": 1}
+
+
 def test_conflicting_speaker_options_are_one_line() -> None:
     proc = _diarflow("diarize", "x.wav", "--num-speakers", "2", "--max-speakers", "3")
     assert proc.returncode == 2 and "cannot be combined" in _one_line(proc.stderr)
