@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from diarflow.audio import SAMPLE_RATE, decode_chunks, to_s16le
 from diarflow.dataflow import StreamingSession, iter_offline
-from diarflow.operators.messages import PcmBytes, PcmSamples, Snapshot
+from diarflow.operators.messages import PcmBytes, PcmSamples, Snapshot, SpeakerTurn
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import PipelineConfig, build_graph
 
@@ -58,12 +58,15 @@ class Segment:
     """One speaker turn at the edges of the engine: seconds and a ``SPEAKER_xx`` label.
 
     ``confidence`` maps speakers to a 0-100 score for this turn (offline mode; empty otherwise).
+    ``overlapping`` marks a second voice over another speaker's turn (overlapped speech); the
+    exclusive variant leaves these out.
     """
 
     start_s: float
     end_s: float
     speaker: str
     confidence: Mapping[str, int] = field(default_factory=dict)
+    overlapping: bool = False
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,14 @@ class DiarizationResult:
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot, uri: str, duration_samples: int) -> DiarizationResult:
+        def scores(t: SpeakerTurn) -> dict[str, int]:
+            if t.overlapping:  # a second voice: how sure the segmentation is that two people speak
+                return {f"SPEAKER_{t.speaker:02d}": int(round(t.confidence * 100))}
+            return {f"SPEAKER_{k:02d}": int(round(p * 100)) for k, p in t.posteriors}
+
         segments = tuple(
             Segment(t.start_sample / SAMPLE_RATE, t.end_sample / SAMPLE_RATE, f"SPEAKER_{t.speaker:02d}",
-                    {f"SPEAKER_{k:02d}": int(round(p * 100)) for k, p in t.posteriors})
+                    scores(t), t.overlapping)
             for t in sorted(snapshot.turns, key=lambda t: (t.start_sample, t.end_sample))
         )
         frames = snapshot.frame_confidence
@@ -111,9 +119,10 @@ class DiarizationResult:
 
     @property
     def exclusive_segments(self) -> tuple[Segment, ...]:
-        """Non-overlapping turns: where turns overlap, the later-starting one wins from its start."""
+        """One speaker at a time (for aligning words to speakers): the second voices of overlapped
+        speech are left out; where other turns still overlap, the later-starting one wins from its start."""
         out: list[Segment] = []
-        for seg in self.segments:
+        for seg in (s for s in self.segments if not s.overlapping):
             if out and out[-1].end_s > seg.start_s:
                 prev = out.pop()
                 if seg.start_s > prev.start_s:

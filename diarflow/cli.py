@@ -276,6 +276,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from diarflow.operators.clustering import OnlineClustererConfig
+
     parser = _Parser(prog="diarflow", description="Speaker diarization (who spoke when), live and offline.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -307,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     diar.add_argument("--max-speakers", type=speaker_count, metavar="N",
                       help="at most N speakers (default: no limit)")
     diar.add_argument("--merge-similarity", type=similarity, metavar="X",
-                      help="offline clustering sensitivity (default 0.7): two speakers whose voices are more "
+                      help=f"clustering sensitivity (default {OnlineClustererConfig().merge_similarity}): "
+                           "two speakers whose voices are more "
                            "similar than X (cosine) become one; lower it when one person comes out as two "
                            "speakers, raise it when two people are merged")
     diar.add_argument("--mode", choices=["offline", "stream"], default="offline",

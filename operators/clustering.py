@@ -6,10 +6,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from .confidence import frame_confidence, turn_posteriors, window_posteriors
 from .global_clustering import cluster_embeddings
-from .vectors import label_sums
+from .vectors import label_sums, normalise, unit
 from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
 
 __all__ = ["OnlineClusterer", "OnlineClustererConfig", "ClustererState", "SpeakerTurns", "windows_to_turns"]
@@ -44,20 +45,16 @@ class SpeakerTurns:
 class OnlineClustererConfig:
     """Online speaker clustering over a rolling buffer, with optional offline refinement at the end.
 
-    Each new window joins the speaker whose centroid is most similar (cosine) if that similarity is
-    at least ``assign_threshold``, otherwise it founds a new speaker (no cap unless asked). After each
-    utterance the windows still inside the rolling buffer are re-assigned to the updated centroids
-    and speakers that became indistinguishable (centroid cosine >= ``merge_threshold``) are merged,
-    so labels inside the buffer may be revised. Windows leaving the buffer fold into their speaker's
-    summary (a running sum) and their turns freeze with their last label.
+    Live, after each utterance the windows of the rolling buffer are clustered again together with
+    the summaries of the speakers heard before the buffer (a few weighted prototypes per speaker),
+    by the same spectral clustering as the offline pass (count from the eigengap, so it adapts to
+    the channel instead of relying on fixed cosine thresholds). The clusters are then matched to the
+    speaker ids already given out (the one-to-one matching that keeps the most windows and prototypes
+    under their id), so ids persist; an unmatched cluster is a new speaker. Windows leaving the buffer
+    fold into their speaker's prototypes and their turns freeze with their last label.
 
     Parameters
     ----------
-    assign_threshold
-        Cosine similarity in (-1, 1) needed to join an existing speaker.
-    merge_threshold
-        Cosine similarity in (-1, 1) of two centroids above which the younger speaker is merged into
-        the older (only if the younger has no frozen turns).
     retention_samples
         The rolling buffer (120 s at 16 kHz).
     num_speakers, min_speakers, max_speakers
@@ -67,37 +64,38 @@ class OnlineClustererConfig:
         turn. The online assignment is skipped (the global clustering would replace its labels), so
         nothing is emitted before the end of input.
     merge_similarity
-        Offline: cosine similarity of two global speaker centroids above which they are merged after
-        the spectral clustering (lower merges more; the sensitivity knob when counts come out high).
+        Cosine similarity of two speaker centroids above which they are merged after the spectral
+        clustering (lower merges more; the sensitivity knob when counts come out high).
     prune_fraction
-        Offline: fraction of nearest neighbours each window keeps in the spectral affinity graph.
+        Fraction of nearest neighbours each window keeps in the spectral affinity graph.
+    prototypes_per_speaker
+        Live: weighted prototypes kept per speaker for windows that left the buffer (memory
+        O(speakers x prototypes) however long the session).
     min_cluster_windows
         Global clusters with fewer windows are dissolved into their nearest neighbour (spurious
         speakers from noise or overlap), unless that would leave fewer than ``min_speakers``.
     """
 
-    assign_threshold: float = 0.30
-    merge_threshold: float = 0.55
     retention_samples: int = 120 * 16000
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
     refine: bool = False
-    merge_similarity: float = 0.7
+    merge_similarity: float = 0.8
     prune_fraction: float = 0.012
     min_cluster_windows: int = 5
+    prototypes_per_speaker: int = 8
 
     input_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings, VadProbabilities)
     output_types: ClassVar[tuple[type, ...]] = (SpeakerTurns,)
 
     def __post_init__(self) -> None:
-        for name in ("assign_threshold", "merge_threshold"):
-            if not -1.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must lie in (-1, 1), got {getattr(self, name)}")
         if not -1.0 < self.merge_similarity <= 1.0:
             raise ValueError(f"merge_similarity must lie in (-1, 1], got {self.merge_similarity}")
         if not 0.0 < self.prune_fraction <= 0.5:
             raise ValueError(f"prune_fraction must lie in (0, 0.5], got {self.prune_fraction}")
+        if self.prototypes_per_speaker < 1:
+            raise ValueError(f"prototypes_per_speaker must be >= 1, got {self.prototypes_per_speaker}")
         if self.min_cluster_windows < 1:
             raise ValueError(f"min_cluster_windows must be >= 1, got {self.min_cluster_windows}")
         if self.retention_samples < 16000:
@@ -111,20 +109,18 @@ class OnlineClustererConfig:
         if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
             raise ValueError(f"min_speakers ({self.min_speakers}) must be <= max_speakers ({self.max_speakers})")
 
-    @property
-    def speaker_cap(self) -> int | None:
-        return self.num_speakers if self.num_speakers is not None else self.max_speakers
-
     def build(self, state: ClustererState | None, resources: Any = None) -> OnlineClusterer:
         return OnlineClusterer(self, state or ClustererState())
 
 
 @dataclass(frozen=True)
 class ClustererState:
-    """Plain arrays: speaker summaries, the buffer's windows, frozen turns, and (refine) all windows."""
+    """Plain arrays: speaker prototypes, the buffer's windows, frozen turns, and (refine) all windows."""
 
-    frozen_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (speakers, 192)
-    has_frozen: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (speakers,)
+    prototype_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (m, 192)
+    prototype_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # (m,) windows each
+    prototype_speakers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (m,)
+    speakers: int = 0  # ids given out so far: 0 .. speakers - 1
     spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # buffer windows (n, 2)
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (n, 192)
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
@@ -195,10 +191,6 @@ def windows_to_turns(spans: np.ndarray, labels: np.ndarray, utterance_ids: np.nd
     return turns
 
 
-def _unit(vector: np.ndarray) -> np.ndarray:
-    return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
-
-
 def _smooth(labels: np.ndarray) -> np.ndarray:
     """Majority of three inside an utterance: a lone window between two equal neighbours follows them."""
     out = labels.copy()
@@ -209,13 +201,13 @@ def _smooth(labels: np.ndarray) -> np.ndarray:
 
 
 class OnlineClusterer:
-    """See :class:`OnlineClustererConfig`. Memory: O(speakers + windows in the buffer + frozen turns),
-    plus every window's embedding when ``refine`` is on (offline mode: 24 h is ~100k x 192 floats)."""
+    """See :class:`OnlineClustererConfig`. Memory: O(speakers x prototypes + windows in the buffer + frozen
+    turns), plus every window's embedding when ``refine`` is on (offline mode: 24 h is ~100k x 192 floats)."""
 
     def __init__(self, config: OnlineClustererConfig, state: ClustererState) -> None:
         self.config = config
-        self._frozen_sums = state.frozen_sums
-        self._has_frozen = state.has_frozen
+        self._prototype_sums, self._prototype_weights = state.prototype_sums, state.prototype_weights
+        self._prototype_speakers, self._speakers = state.prototype_speakers, state.speakers
         self._spans, self._vectors = state.spans, state.vectors
         self._labels, self._utterance_ids = state.labels, state.utterance_ids
         self._frozen_turns: list[SpeakerTurn] = list(state.frozen_turns)
@@ -224,11 +216,6 @@ class OnlineClusterer:
         self._history_vectors = _GrowingArray(state.history_vectors)
         self._history_utterances = _GrowingArray(state.history_utterance_ids)
         self._vad = _GrowingArray(state.vad_probabilities)
-
-    @staticmethod
-    def _centroids(frozen: np.ndarray, vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        sums = frozen.astype(np.float64) + label_sums(labels, vectors, len(frozen))
-        return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)  # (speakers, 192)
 
     def on_item(self, item: UtteranceEmbeddings | VadProbabilities) -> Sequence[SpeakerTurns]:
         cfg = self.config
@@ -246,62 +233,48 @@ class OnlineClusterer:
             self._history_vectors.append(new_vectors)
             self._history_utterances.append(utterance)
             return []
-        frozen, has_frozen = self._frozen_sums, self._has_frozen
-        centroids = self._centroids(frozen, self._vectors, self._labels)
-        new_labels = np.empty(len(new_vectors), dtype=np.int64)
-        for k, vector in enumerate(new_vectors):
-            sims = centroids @ vector
-            best = int(np.argmax(sims)) if len(sims) else -1
-            cap = cfg.speaker_cap
-            if best >= 0 and (sims[best] >= cfg.assign_threshold or (cap is not None and len(centroids) >= cap)):
-                new_labels[k] = best
-            else:  # a new speaker
-                new_labels[k] = len(centroids)
-                frozen = np.vstack([frozen, np.zeros((1, _DIM), np.float32)])
-                has_frozen = np.append(has_frozen, False)
-                centroids = np.vstack([centroids, vector[None].astype(np.float64)])
-        self._frozen_sums, self._has_frozen = frozen, has_frozen
         self._spans = np.vstack([self._spans, new_spans])
         self._vectors = np.vstack([self._vectors, new_vectors])
         self._utterance_ids = np.concatenate([self._utterance_ids, utterance])
-        self._labels = self._revise(np.concatenate([self._labels, _smooth(new_labels)]))
+        self._labels = self._relabel(np.concatenate([self._labels, np.full(len(new_vectors), -1)]))
         self._evict()
         return [self._view(final=False)]
 
-    def _revise(self, labels: np.ndarray) -> np.ndarray:
-        """Re-assign buffer windows to the updated centroids and merge look-alike speakers."""
-        cfg, vectors, frozen = self.config, self._vectors, self._frozen_sums
-        rows = np.arange(len(labels))
-        for _ in range(2):
-            centroids = self._centroids(frozen, vectors, labels)
-            sims = vectors @ centroids.T.astype(np.float32)  # (n, speakers)
-            alive = self._has_frozen | (np.bincount(labels, minlength=len(frozen)) > 0)
-            sims[:, ~alive] = -np.inf
-            proposed = np.argmax(sims, axis=1)
-            # move a window only when clearly better (hysteresis against flicker)
-            labels = np.where(sims[rows, proposed] - sims[rows, labels] > 0.05, proposed, labels)
-            for u in np.unique(self._utterance_ids):
-                mask = self._utterance_ids == u
-                labels[mask] = _smooth(labels[mask])
-        centroids = self._centroids(frozen, vectors, labels)
-        alive = self._has_frozen | (np.bincount(labels, minlength=len(frozen)) > 0)
-        while True:  # merge the most similar pair of live speakers while above the threshold
-            ids = np.flatnonzero(alive)
-            if len(ids) < 2:
-                break
-            sims = centroids[ids] @ centroids[ids].T
-            np.fill_diagonal(sims, -np.inf)
-            a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
-            older, younger = sorted((int(ids[a]), int(ids[b])))
-            if sims[a, b] < cfg.merge_threshold or self._has_frozen[younger]:
-                break
-            labels = np.where(labels == younger, older, labels)
-            alive[younger] = False
-            centroids = self._centroids(frozen, vectors, labels)
+    def _relabel(self, previous: np.ndarray) -> np.ndarray:
+        """Cluster buffer windows and prototypes together; give each cluster a speaker id.
+
+        ``previous (n,)`` holds the buffer windows' current ids (-1 for new windows). Returns the new
+        ids ``(n,)``, smoothed inside each utterance.
+        """
+        cfg = self.config
+        n, m = len(self._vectors), len(self._prototype_sums)
+        rows = normalise(np.vstack([self._vectors, self._prototype_sums]).astype(np.float32))
+        weights = np.concatenate([np.ones(n), self._prototype_weights])
+        clusters = cluster_embeddings(rows, cfg.num_speakers or cfg.min_speakers or 1,
+                                      cfg.num_speakers or cfg.max_speakers, cfg.merge_similarity,
+                                      cfg.prune_fraction, min_cluster_size=cfg.min_cluster_windows,
+                                      weights=weights)
+        owners = np.concatenate([previous, self._prototype_speakers])  # id each row holds now (-1: none)
+        count = int(clusters.max()) + 1
+        overlap = np.zeros((count, max(self._speakers, 1)))
+        held = owners >= 0
+        np.add.at(overlap, (clusters[held], owners[held]), weights[held])
+        chosen, ids = linear_sum_assignment(overlap, maximize=True)
+        mapping = np.full(count, -1)
+        for cluster, speaker in zip(chosen, ids):
+            if overlap[cluster, speaker] > 0:
+                mapping[cluster] = speaker
+        for cluster in np.flatnonzero(mapping < 0):  # clusters no existing speaker holds: new speakers
+            mapping[cluster] = self._speakers
+            self._speakers += 1
+        labels = mapping[clusters[:n]]
+        for u in np.unique(self._utterance_ids):
+            mask = self._utterance_ids == u
+            labels[mask] = _smooth(labels[mask])
         return labels
 
     def _evict(self) -> None:
-        """Whole utterances that ended before the buffer start leave: turns freeze, sums absorb them."""
+        """Whole utterances that ended before the buffer start leave: turns freeze, prototypes absorb them."""
         cutoff = self._end_sample - self.config.retention_samples
         if not len(self._spans) or cutoff <= 0:
             return
@@ -312,14 +285,39 @@ class OnlineClusterer:
         leaving = np.isin(ids, leaving_ids)
         if not leaving.any():
             return
-        self._frozen_sums = (self._frozen_sums + label_sums(self._labels[leaving], self._vectors[leaving],
-                                                           len(self._frozen_sums))).astype(np.float32)
-        self._has_frozen = self._has_frozen.copy()
-        self._has_frozen[np.unique(self._labels[leaving])] = True
+        self._absorb(self._vectors[leaving], self._labels[leaving])
         self._frozen_turns.extend(windows_to_turns(self._spans[leaving], self._labels[leaving], ids[leaving]))
         keep = ~leaving
         self._spans, self._vectors = self._spans[keep], self._vectors[keep]
         self._labels, self._utterance_ids = self._labels[keep], ids[keep]
+
+    def _absorb(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        """Add windows ``(k, 192)`` with ids ``(k,)`` to the prototypes; merge the most similar
+        prototypes of a speaker until it has at most ``prototypes_per_speaker``."""
+        sums = np.vstack([self._prototype_sums, vectors]).astype(np.float32)
+        weights = np.concatenate([self._prototype_weights, np.ones(len(vectors))])
+        speakers = np.concatenate([self._prototype_speakers, labels])
+        keep = np.ones(len(sums), bool)
+        limit = self.config.prototypes_per_speaker
+        for speaker in np.unique(labels):
+            own = np.flatnonzero(speakers == speaker)
+            while len(own) > limit:
+                unit_rows = normalise(sums[own])
+                sims = unit_rows @ unit_rows.T
+                np.fill_diagonal(sims, -np.inf)
+                a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
+                sums[own[a]] += sums[own[b]]
+                weights[own[a]] += weights[own[b]]
+                keep[own[b]] = False
+                own = np.delete(own, b)
+        self._prototype_sums, self._prototype_weights = sums[keep], weights[keep]
+        self._prototype_speakers = speakers[keep]
+
+    def _centroids(self) -> np.ndarray:
+        """Unit mean embedding per speaker id over prototypes and buffer windows: float32 ``(speakers, 192)``."""
+        vectors = np.vstack([self._prototype_sums, self._vectors])
+        labels = np.concatenate([self._prototype_speakers, self._labels])
+        return normalise(label_sums(labels, vectors, self._speakers)).astype(np.float32)
 
     def _view(self, final: bool) -> SpeakerTurns:
         live = tuple(windows_to_turns(self._spans, self._labels, self._utterance_ids))
@@ -333,7 +331,7 @@ class OnlineClusterer:
         cfg = self.config
         if not cfg.refine or not len(self._history_spans):
             view = self._view(final=True)
-            means = self._centroids(self._frozen_sums, self._vectors, self._labels).astype(np.float32)
+            means = self._centroids()
             return [replace(view, centroids={k: means[k] for k in range(len(means))})]
         spans = self._history_spans.view()
         vectors = self._history_vectors.view()
@@ -352,13 +350,14 @@ class OnlineClusterer:
         end = max(self._end_sample, len(vad) * 512)
         frames = frame_confidence(turns, spans, posteriors, labels, vad, end)
         sums = label_sums(labels, vectors, found)
-        centroids = {k: _unit(sums[k]) for k in range(found)}
+        centroids = {k: unit(sums[k]) for k in range(found)}
         return [SpeakerTurns((), 0, tuple(turns), self._utterances, self._end_sample, True, warnings, frames,
                              centroids)]
 
     def checkpoint(self) -> ClustererState:
         spans, vectors = self._history_spans.view().copy(), self._history_vectors.view().copy()
         utterance_ids, vad = self._history_utterances.view().copy(), self._vad.view().copy()
-        return ClustererState(self._frozen_sums, self._has_frozen, self._spans, self._vectors, self._labels,
-                              self._utterance_ids, tuple(self._frozen_turns), self._utterances,
-                              self._end_sample, spans, vectors, utterance_ids, vad)
+        return ClustererState(self._prototype_sums, self._prototype_weights, self._prototype_speakers,
+                              self._speakers, self._spans, self._vectors, self._labels, self._utterance_ids,
+                              tuple(self._frozen_turns), self._utterances, self._end_sample, spans, vectors,
+                              utterance_ids, vad)

@@ -81,6 +81,23 @@ def test_buffer_memory_is_bounded() -> None:
     state = clusterer.checkpoint()
     assert len(state.vectors) <= 20 // 4 * 2 + 4  # windows of the last ~20 s only
     assert len(state.history_vectors) == 0  # no history kept without offline refinement
+    assert len(state.prototype_sums) <= 2 * OnlineClustererConfig().prototypes_per_speaker
+    assert state.prototype_weights.sum() == 300 * 2 - len(state.vectors)  # every evicted window counted once
+
+
+def test_live_count_adapts_when_a_channel_lifts_every_similarity() -> None:
+    """Three voices behind a channel that adds one shared component (cross-speaker cosine ~0.6):
+    the live clusterer must still find three, where a fixed join threshold of 0.3 found one."""
+    centres = _speakers(3, seed=11)
+    channel = _speakers(1, seed=12)[0]
+    lifted = centres * 0.65 + channel * 0.76
+    lifted /= np.linalg.norm(lifted, axis=1, keepdims=True)
+    assert (lifted @ lifted.T)[np.triu_indices(3, 1)].min() > 0.55
+    utterances = [_utterance(4.0 * i, lifted[i % 3], windows=3, noise=0.02, seed=i) for i in range(60)]
+    snapshots = _run(OnlineClustererConfig(retention_samples=40 * RATE), utterances)
+    final = snapshots[-1]
+    assert final.num_speakers == 3
+    assert [t.speaker for t in final.turns][:6] == [0, 1, 2, 0, 1, 2]
 
 
 def test_refinement_relabels_globally_at_end_of_input() -> None:
@@ -96,7 +113,8 @@ def test_refinement_relabels_globally_at_end_of_input() -> None:
     ({"num_speakers": 2, "max_speakers": 3}, "cannot be combined"),
     ({"min_speakers": 4, "max_speakers": 3}, "must be <="),
     ({"num_speakers": 0}, ">= 1"),
-    ({"assign_threshold": 1.5}, "assign_threshold"),
+    ({"prototypes_per_speaker": 0}, "prototypes_per_speaker"),
+    ({"merge_similarity": 1.5}, "merge_similarity"),
     ({"retention_samples": 10}, "retention_samples"),
 ])
 def test_config_validation(kwargs: dict[str, object], match: str) -> None:

@@ -74,15 +74,30 @@ def operator_inputs(resources: Resources, speech_clips: dict[str, DevItem], mode
         events += [("item", PcmBytes(audio[lo:lo + 3200].tobytes())), ("wm", min(lo + 3200, len(audio)))]
     events.append(("eof", None))
     graph = _graph(mode)
-    inputs: dict[str, list[Event]] = {}
-    for name, config in graph.nodes.items():
-        inputs[name] = events
-        events = _replay(config.build(None, resources), events)
-    inputs["_final"] = events
+    ops = {name: config.build(None, resources) for name, config in graph.nodes.items()}
+    inputs: dict[str, list[Event]] = {name: [] for name in graph.nodes}
+    final: list[Event] = []
+    for kind, payload in events:  # route like the executor: upstream first, outputs to every downstream
+        inbox: dict[str, list[Any]] = {name: [] for name in graph.nodes}
+        if kind == "item":
+            inbox[graph.source].append(payload)
+        for name, op in ops.items():
+            produced: list[Any] = []
+            for message in inbox[name]:
+                inputs[name].append(("item", message))
+                produced.extend(op.on_item(message))
+            if kind != "item":
+                inputs[name].append((kind, payload))
+                produced.extend(op.on_watermark(payload) if kind == "wm" else op.on_eof())
+            for downstream in graph.edges[name]:
+                inbox[downstream].extend(produced)
+            if name in graph.sinks:
+                final.extend(("item", m) for m in produced)
+    inputs["_final"] = final
     return inputs
 
 
-NODES = ["framer", "vad", "embedder", "clusterer", "snapshots"]
+NODES = ["framer", "vad", "overlap_detector", "embedder", "clusterer", "overlaps", "snapshots"]
 
 
 def test_pipeline_finds_both_speakers(operator_inputs: dict[str, list[Event]]) -> None:
