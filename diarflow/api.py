@@ -18,6 +18,7 @@ from diarflow.dataflow import StreamingSession, iter_offline
 from diarflow.operators.messages import PcmBytes, PcmSamples, Snapshot
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import PipelineConfig, build_graph
+from diarflow.resources import load_resources
 
 __all__ = ["DiarizationResult", "Segment", "diarize", "default_resources", "STREAM_CHUNK_SAMPLES"]
 
@@ -49,7 +50,7 @@ def default_resources() -> Resources:
     global _resources
     with _resources_lock:
         if _resources is None:
-            _resources = Resources.load(parallel_calls=os.cpu_count() or 1)
+            _resources = load_resources(parallel_calls=os.cpu_count() or 1)
         return _resources
 
 

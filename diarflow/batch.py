@@ -488,10 +488,10 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _init_local_worker(model_dir: str | None, parent_pid: int) -> None:
     global _worker_resources
-    from diarflow.operators.models import Resources
+    from diarflow.resources import load_resources
 
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    _worker_resources = Resources.load(Path(model_dir) if model_dir else None, parallel_calls=1)
+    _worker_resources = load_resources(Path(model_dir) if model_dir else None, parallel_calls=1)
 
 
 def _process_in_worker(item: BatchItem, options: BatchOptions) -> FileOutcome:

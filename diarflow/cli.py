@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-from diarflow.models import (
+from diarflow.provisioning import (
     MODELS,
     ModelProvisioningError,
     default_model_dir,

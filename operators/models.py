@@ -15,6 +15,8 @@ from typing import Callable, Protocol, Sequence, TypeVar
 import numpy as np
 import onnxruntime as ort
 
+from .silero_split import split_silero_vad
+
 __all__ = [
     "EMBEDDING_DIM",
     "VAD_WINDOW_SAMPLES",
@@ -96,13 +98,11 @@ class SpeakerEmbedder(Protocol):
 
 
 class SileroVadModel:
-    """Silero VAD v6 (ONNX) at 16 kHz, split in two (see :mod:`diarflow.models.silero_split`): the
+    """Silero VAD v6 (ONNX) at 16 kHz, split in two (see :mod:`.silero_split`): the
     stateless encoder runs on all windows of a call in one batch (in parallel when given a pool), then
     one sequence LSTM carries the caller's state through them. Exactly the per-window model, faster."""
 
     def __init__(self, path: Path | str, intra_op_threads: int = 1, pool: ThreadPoolExecutor | None = None) -> None:
-        from diarflow.models.silero_split import split_silero_vad
-
         encoder, recurrence = split_silero_vad(path)
         self._encoder = make_session(encoder, intra_op_threads)
         self._recurrence = make_session(recurrence, intra_op_threads)
@@ -310,30 +310,12 @@ class SegmentationModel:
 
 @dataclass(frozen=True)
 class Resources:
-    """Models loaded once per process and shared read-only by all sessions and jobs."""
+    """Models loaded once per process and shared read-only by all sessions and jobs.
+
+    Built by :func:`diarflow.resources.load_resources` from the verified model cache, or by hand
+    around fakes of the Protocols in tests.
+    """
 
     vad: VadModel
     embedder: SpeakerEmbedder
     segmentation: SegmentationModel
-
-    @classmethod
-    def load(cls, model_dir: Path | None = None, parallel_calls: int = 1) -> Resources:
-        """Verify (installing on first use) and load the models from the cache.
-
-        Parameters
-        ----------
-        model_dir
-            Model cache; default ``$DIARFLOW_MODEL_DIR`` or ``~/.cache/diarflow/models``.
-        parallel_calls
-            Model calls one batch may spread over (threads; onnxruntime releases the GIL). Use the
-            core count for a single offline run; 1 where many sessions already share the cores.
-        """
-        from diarflow.models import ensure_models
-
-        paths = ensure_models(model_dir)
-        pool = ThreadPoolExecutor(parallel_calls, thread_name_prefix="diarflow-model") if parallel_calls > 1 else None
-        return cls(
-            vad=SileroVadModel(paths.silero_vad, pool=pool),
-            embedder=SpeakerEmbeddingModel(paths.campplus, pool=pool),
-            segmentation=SegmentationModel(paths.segmentation, pool=pool),
-        )

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from diarflow.testing.evaluation import DevItem, load_dev_items, shipped_clips_dir
-from diarflow.models import ModelPaths, ensure_models
+from diarflow.provisioning import ModelPaths, ensure_models
 from diarflow.operators.models import Resources
+from diarflow.resources import load_resources
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -20,7 +21,7 @@ def model_paths() -> ModelPaths:
 
 @pytest.fixture(scope="session")
 def resources(model_paths: ModelPaths) -> Resources:
-    return Resources.load(model_paths.silero_vad.parent)
+    return load_resources(model_paths.silero_vad.parent)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from diarflow.models import (
+from diarflow.provisioning import (
     ModelPaths,
     ModelProvisioningError,
     extract_member,
@@ -18,7 +18,7 @@ from diarflow.models import (
     install_models,
     verify_models,
 )
-from diarflow.models.registry import SEGMENTATION
+from diarflow.provisioning.registry import SEGMENTATION
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 IMPORTS = ["diarflow", "diarflow.dataflow", "diarflow.operators", "diarflow.servers", "diarflow.servers.jobs",
-           "diarflow.models", "diarflow.testing"]
+           "diarflow.provisioning", "diarflow.testing"]
 STATIC = sorted(p.name for p in (REPO / "servers" / "static").iterdir() if p.is_file())
 
 pytestmark = pytest.mark.timeout(600)

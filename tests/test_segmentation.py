@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 from onnx import numpy_helper
 
-from diarflow.models import ModelPaths, extract_member, find_or_fetch_archive
-from diarflow.models.registry import SEGMENTATION_CHECKPOINT
-from diarflow.models.torch_zip import load_state_dict
+from diarflow.provisioning import ModelPaths, extract_member, find_or_fetch_archive
+from diarflow.provisioning.registry import SEGMENTATION_CHECKPOINT
+from diarflow.provisioning.torch_zip import load_state_dict
 from diarflow.operators.models import (
     SAMPLE_RATE,
     SEGMENTATION_CLASSES,

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from diarflow.testing.evaluation import equal_error_rate, load_dev_items, speaker_cuts
-from diarflow.models import default_model_dir, verify_models
-from diarflow.models.campplus_onnx import build_campplus_onnx
-from diarflow.models.torch_zip import load_state_dict
+from diarflow.provisioning import default_model_dir, verify_models
+from diarflow.provisioning.campplus_onnx import build_campplus_onnx
+from diarflow.provisioning.torch_zip import load_state_dict
 from diarflow.operators.fbank import Fbank
 from diarflow.operators.models import SpeakerEmbeddingModel
 from tools import exit_without_dev_corpus

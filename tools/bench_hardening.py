@@ -22,7 +22,7 @@ import soundfile as sf
 
 from tools import exit_without_dev_corpus
 from diarflow.testing.evaluation import default_dev_dir, load_dev_items
-from diarflow.models import ensure_models
+from diarflow.provisioning import ensure_models
 from diarflow.testing import ServerProcess, rss_bytes, upload, wait_for_job
 
 CONCURRENCY = 20

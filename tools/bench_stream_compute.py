@@ -19,8 +19,8 @@ from diarflow.audio import to_s16le
 from diarflow.dataflow import StreamingSession
 from diarflow.testing.evaluation import load_dev_items
 from diarflow.operators.messages import PcmBytes, Snapshot
-from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import build_graph
+from diarflow.resources import load_resources
 from tools import exit_without_dev_corpus
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--parallel-calls", type=int, default=1)
     args = parser.parse_args()
-    resources = Resources.load(parallel_calls=args.parallel_calls)
+    resources = load_resources(parallel_calls=args.parallel_calls)
     graph = build_graph()
     chunk_ms: list[float] = []
     utterance_ms: list[float] = []

@@ -48,9 +48,9 @@ def _watch_parent(parent_pid: int) -> None:
 def load_resources(model_dir: str | None) -> None:
     """Load the models once for every job this process (a pool worker or a Ray actor) will run."""
     global _resources
-    from diarflow.operators.models import Resources
+    from diarflow.resources import load_resources as load_models
 
-    _resources = Resources.load(Path(model_dir) if model_dir else None, parallel_calls=1)
+    _resources = load_models(Path(model_dir) if model_dir else None, parallel_calls=1)
 
 
 def init_worker(model_dir: str | None, parent_pid: int) -> None:

@@ -223,7 +223,7 @@ def build_campplus_onnx(weights: dict[str, np.ndarray], channels_last: bool = Tr
     Parameters
     ----------
     weights
-        The checkpoint's state dict as NumPy arrays (see :func:`diarflow.models.torch_zip.load_state_dict`).
+        The checkpoint's state dict as NumPy arrays (see :func:`diarflow.provisioning.torch_zip.load_state_dict`).
     channels_last
         Build the dense TDNN in ``(B, T, C)`` layout where every 1x1 and dilated convolution is a
         ``MatMul`` (default: ~10 % faster on this CPU than channels-first convolutions, same numbers).
