@@ -13,8 +13,9 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from diarflow.audio import SAMPLE_RATE, decode_chunks, to_s16le
+from diarflow.audio import decode_chunks, to_s16le
 from diarflow.dataflow import StreamingSession, iter_offline
+from diarflow.operators.constants import CONFIDENCE_FRAME_S, CONFIDENCE_FRAME_SAMPLES, SAMPLE_RATE
 from diarflow.operators.messages import PcmBytes, PcmSamples, Snapshot
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import PipelineConfig, build_graph
@@ -94,7 +95,7 @@ class DiarizationResult:
     frame_confidence: np.ndarray | None = None
     speaker_embeddings: Mapping[str, np.ndarray] = field(default_factory=dict)
 
-    CONFIDENCE_RESOLUTION_S: ClassVar[float] = 0.02
+    CONFIDENCE_RESOLUTION_S: ClassVar[float] = CONFIDENCE_FRAME_S
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot, uri: str, duration_samples: int) -> DiarizationResult:
@@ -105,7 +106,7 @@ class DiarizationResult:
         )
         frames = snapshot.frame_confidence
         if frames is not None:  # cover the whole input, silence at the end included
-            total = -(-duration_samples // 320)
+            total = -(-duration_samples // CONFIDENCE_FRAME_SAMPLES)
             frames = np.concatenate([frames[:total], np.full(max(0, total - len(frames)), 100, np.uint8)])
         embeddings = {f"SPEAKER_{k:02d}": v for k, v in snapshot.speaker_embeddings().items()}
         return cls(uri, segments, duration_samples / SAMPLE_RATE, snapshot.warnings, frames, embeddings)

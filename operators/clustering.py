@@ -7,14 +7,13 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from .constants import EMBEDDING_DIM, SAMPLE_RATE, VAD_WINDOW_SAMPLES
 from .confidence import frame_confidence, turn_posteriors, window_posteriors
 from .global_clustering import cluster_embeddings
 from .vectors import label_sums
 from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
 
 __all__ = ["OnlineClusterer", "OnlineClustererConfig", "ClustererState", "SpeakerTurns", "windows_to_turns"]
-
-_DIM = 192
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,7 +77,7 @@ class OnlineClustererConfig:
 
     assign_threshold: float = 0.30
     merge_threshold: float = 0.55
-    retention_samples: int = 120 * 16000
+    retention_samples: int = 120 * SAMPLE_RATE
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
@@ -100,8 +99,8 @@ class OnlineClustererConfig:
             raise ValueError(f"prune_fraction must lie in (0, 0.5], got {self.prune_fraction}")
         if self.min_cluster_windows < 1:
             raise ValueError(f"min_cluster_windows must be >= 1, got {self.min_cluster_windows}")
-        if self.retention_samples < 16000:
-            raise ValueError(f"retention_samples must be >= 16000 (1 s), got {self.retention_samples}")
+        if self.retention_samples < SAMPLE_RATE:
+            raise ValueError(f"retention_samples must be >= {SAMPLE_RATE} (1 s), got {self.retention_samples}")
         for name in ("num_speakers", "min_speakers", "max_speakers"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -123,17 +122,17 @@ class OnlineClustererConfig:
 class ClustererState:
     """Plain arrays: speaker summaries, the buffer's windows, frozen turns, and (refine) all windows."""
 
-    frozen_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (speakers, 192)
+    frozen_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (speakers, 192)
     has_frozen: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (speakers,)
     spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # buffer windows (n, 2)
-    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (n, 192)
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (n, 192)
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
     utterance_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
     frozen_turns: tuple[SpeakerTurn, ...] = ()
     utterances: int = 0
     end_sample: int = 0
     history_spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # refine only, (N, 2)
-    history_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (N, 192)
+    history_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (N, 192)
     history_utterance_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,)
     vad_probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # refine only
 
@@ -257,7 +256,7 @@ class OnlineClusterer:
                 new_labels[k] = best
             else:  # a new speaker
                 new_labels[k] = len(centroids)
-                frozen = np.vstack([frozen, np.zeros((1, _DIM), np.float32)])
+                frozen = np.vstack([frozen, np.zeros((1, EMBEDDING_DIM), np.float32)])
                 has_frozen = np.append(has_frozen, False)
                 centroids = np.vstack([centroids, vector[None].astype(np.float64)])
         self._frozen_sums, self._has_frozen = frozen, has_frozen
@@ -349,7 +348,7 @@ class OnlineClusterer:
         posteriors = window_posteriors(vectors, labels)  # (n, speakers)
         turns = turn_posteriors(windows_to_turns(spans, labels, utterance_ids), spans, posteriors)
         vad = self._vad.view()
-        end = max(self._end_sample, len(vad) * 512)
+        end = max(self._end_sample, len(vad) * VAD_WINDOW_SAMPLES)
         frames = frame_confidence(turns, spans, posteriors, labels, vad, end)
         sums = label_sums(labels, vectors, found)
         centroids = {k: _unit(sums[k]) for k in range(found)}

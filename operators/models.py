@@ -15,11 +15,10 @@ from typing import Callable, Protocol, Sequence, TypeVar
 import numpy as np
 import onnxruntime as ort
 
+from .constants import EMBEDDING_DIM, VAD_WINDOW_SAMPLES
 from .silero_split import split_silero_vad
 
 __all__ = [
-    "EMBEDDING_DIM",
-    "VAD_WINDOW_SAMPLES",
     "Resources",
     "SEGMENTATION_CLASSES",
     "SEGMENTATION_FRAMES",
@@ -35,14 +34,11 @@ __all__ = [
     "make_session",
 ]
 
-SAMPLE_RATE = 16000
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-VAD_WINDOW_SAMPLES = 512  # 32 ms at 16 kHz: the window Silero v5+ is trained on
 _VAD_CONTEXT_SAMPLES = 64  # tail of the previous window prepended to each window
 _MIN_PARALLEL_WINDOWS = 256  # below this, one encoder call beats splitting it over threads
 _ENCODER_BLOCK_WINDOWS = 1024  # 33 s of audio per encoder call
-EMBEDDING_DIM = 192
 SEGMENTATION_WINDOW_SAMPLES = 160_000  # 10 s at 16 kHz: the chunk segmentation-3.0 is trained on
 SEGMENTATION_FRAMES = 589  # output frames per chunk
 # SincNet (conv 251 / stride 10, then three max-pools of 3 around two convs of 5): output frame k sees

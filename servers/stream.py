@@ -25,19 +25,19 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from diarflow.dataflow import Graph, StreamingSession
 from diarflow.operators.messages import PcmBytes, Snapshot
+from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.operators.pipeline import PipelineConfig, build_graph
 
 from diarflow.servers.auth import configured_api_keys, team_for_token
+from diarflow.servers.protocol import START_FIELDS
 from diarflow.servers.state import RESOURCES, SETTINGS, STREAM, ServerSettings
 
 __all__ = ["MAX_FRAME_BYTES", "StreamRegistry", "STREAM", "active_sessions", "snapshot_message", "setup_stream"]
 
 log = logging.getLogger("diarflow.server.stream")
 
-SAMPLE_RATE = 16000
 MAX_FRAME_BYTES = 1 << 20
 STATIC_DIR = Path(__file__).parent / "static"
-START_FIELDS: Mapping[str, object] = {"sample_rate": 16000, "channels": 1, "sample_width": 2, "format": "pcm_s16le"}
 UNAUTHORIZED = 4401
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 5.5: a control frame carries at most 125 bytes, 2 of them the code
 MAX_GRAPHS = 32

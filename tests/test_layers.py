@@ -30,3 +30,22 @@ def test_lower_layers_import_nothing_above_them(folder: str, allowed: tuple[str,
 
 def test_the_check_finds_imports() -> None:
     assert ("pipeline.py", "diarflow.dataflow") in _diarflow_imports("operators")
+
+
+_SHARED_FACTS = {"SAMPLE_RATE", "EMBEDDING_DIM", "VAD_WINDOW_SAMPLES", "CONFIDENCE_FRAME_SAMPLES"}
+
+
+def test_shared_facts_are_defined_once() -> None:
+    """Sample rate, embedding width, VAD window and confidence frame live in ``operators/constants.py``;
+    everything else imports them (the golden script runs in its own torch virtualenv, outside diarflow)."""
+    definitions = []
+    for folder in ("dataflow", "operators", "servers", "diarflow", "tools"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+                    if isinstance(node, ast.AnnAssign) else []
+                definitions += [f"{path.relative_to(REPO)}:{t.id}" for t in targets
+                                if isinstance(t, ast.Name) and t.id in _SHARED_FACTS]
+    expected = {f"operators/constants.py:{name}" for name in _SHARED_FACTS}
+    assert set(definitions) - {"tools/golden/make_campplus_golden.py:SAMPLE_RATE"} == expected
+    assert len(definitions) == len(set(definitions))

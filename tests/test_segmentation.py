@@ -15,8 +15,8 @@ from onnx import numpy_helper
 from diarflow.provisioning import ModelPaths, extract_member, find_or_fetch_archive
 from diarflow.provisioning.registry import SEGMENTATION_CHECKPOINT
 from diarflow.provisioning.torch_zip import load_state_dict
+from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.operators.models import (
-    SAMPLE_RATE,
     SEGMENTATION_CLASSES,
     SEGMENTATION_FRAME_STEP_SAMPLES,
     SEGMENTATION_FRAMES,

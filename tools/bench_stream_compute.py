@@ -2,7 +2,7 @@
 
     python -m tools.bench_stream_compute [--parallel-calls 1]
 
-Streams every dev recording through a :class:`StreamingSession` in 6400-byte s16le chunks as fast
+Streams every dev recording through a :class:`StreamingSession` in 200 ms s16le chunks (``FRAME_BYTES``) as fast
 as possible and times each ``push``. Pushes that close an utterance (a snapshot comes out) are the
 per-utterance figure; the others are the per-chunk figure. Prints numbers; asserts nothing.
 """
@@ -21,6 +21,7 @@ from diarflow.testing.evaluation import load_dev_items
 from diarflow.operators.messages import PcmBytes, Snapshot
 from diarflow.operators.pipeline import build_graph
 from diarflow.resources import load_resources
+from diarflow.servers.stream_client import FRAME_BYTES
 from tools import exit_without_dev_corpus
 
 
@@ -37,9 +38,9 @@ def main() -> None:
         audio, _ = sf.read(item.audio_path, dtype="float32")
         payload = to_s16le(audio)
         session = StreamingSession(graph, resources)
-        for lo in range(0, len(payload), 6400):
+        for lo in range(0, len(payload), FRAME_BYTES):
             started = time.perf_counter()
-            out = session.push(PcmBytes(payload[lo:lo + 6400]))
+            out = session.push(PcmBytes(payload[lo:lo + FRAME_BYTES]))
             elapsed = (time.perf_counter() - started) * 1000
             (utterance_ms if any(isinstance(m, Snapshot) for m in out) else chunk_ms).append(elapsed)
         session.close()

@@ -28,11 +28,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from diarflow.operators.constants import EMBEDDING_DIM
+
 from .registry import CAMPPLUS_BUILDER_VERSION
 
-__all__ = ["build_campplus_onnx", "EMBEDDING_DIM", "NUM_MEL_BINS", "POOLED_CHANNELS", "BUILDER_VERSION"]
+__all__ = ["build_campplus_onnx", "NUM_MEL_BINS", "POOLED_CHANNELS", "BUILDER_VERSION"]
 
-EMBEDDING_DIM = 192
 NUM_MEL_BINS = 80
 POOLED_CHANNELS = 512
 BUILDER_VERSION = CAMPPLUS_BUILDER_VERSION

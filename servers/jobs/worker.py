@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from diarflow.operators.constants import CONFIDENCE_FRAME_S as _CONFIDENCE_FRAME_S
 from diarflow.servers.jobs.probe import demuxed_duration_s, too_long_message
 
 __all__ = ["JobFailure", "StoreProgress", "init_worker", "load_resources", "run_job", "run_job_reporting"]
@@ -24,7 +25,6 @@ __all__ = ["JobFailure", "StoreProgress", "init_worker", "load_resources", "run_
 _resources: Any = None
 _PROGRESS_PERIOD_S = 0.5
 _LENGTH_TOLERANCE_S = 0.05  # container rounding: a file of exactly the limit is accepted
-_CONFIDENCE_FRAME_S = 0.02
 _NO_SPEECH_CONFIDENCE = 100  # the engine's value for frames it is sure hold no speaker
 log = logging.getLogger("diarflow.jobs.worker")
 
