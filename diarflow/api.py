@@ -19,6 +19,7 @@ from diarflow.operators.constants import CONFIDENCE_FRAME_S, CONFIDENCE_FRAME_SA
 from diarflow.operators.messages import PcmBytes, PcmSamples, Snapshot
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import PipelineConfig, build_graph
+from diarflow.operators.speaker_count import SpeakerCount
 from diarflow.resources import load_resources
 
 __all__ = ["DiarizationResult", "Segment", "diarize", "default_resources", "STREAM_CHUNK_SAMPLES"]
@@ -240,10 +241,8 @@ def diarize(
     """
     if mode not in ("offline", "stream"):
         raise ValueError(f"mode must be 'offline' or 'stream', got {mode!r}")
-    config = (config or PipelineConfig()).for_mode(mode)
-    clustering = replace(config.clustering, num_speakers=num_speakers, min_speakers=min_speakers,
-                         max_speakers=max_speakers)
-    graph = build_graph(replace(config, clustering=clustering))
+    speakers = SpeakerCount(num_speakers, min_speakers, max_speakers)  # SpeakerCountError if invalid
+    graph = build_graph((config or PipelineConfig()).for_mode(mode).with_speakers(speakers))
     resources = resources or default_resources()
     uri = uri or (Path(source).stem if not isinstance(source, np.ndarray) else "audio")
     total = 0

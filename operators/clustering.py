@@ -12,6 +12,7 @@ from .confidence import frame_confidence, turn_posteriors, window_posteriors
 from .global_clustering import cluster_embeddings
 from .vectors import label_sums
 from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
+from .speaker_count import SpeakerCount
 
 __all__ = ["OnlineClusterer", "OnlineClustererConfig", "ClustererState", "SpeakerTurns", "windows_to_turns"]
 
@@ -101,18 +102,16 @@ class OnlineClustererConfig:
             raise ValueError(f"min_cluster_windows must be >= 1, got {self.min_cluster_windows}")
         if self.retention_samples < SAMPLE_RATE:
             raise ValueError(f"retention_samples must be >= {SAMPLE_RATE} (1 s), got {self.retention_samples}")
-        for name in ("num_speakers", "min_speakers", "max_speakers"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
-        if self.num_speakers is not None and (self.min_speakers is not None or self.max_speakers is not None):
-            raise ValueError("num_speakers cannot be combined with min_speakers / max_speakers")
-        if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
-            raise ValueError(f"min_speakers ({self.min_speakers}) must be <= max_speakers ({self.max_speakers})")
+        SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)  # SpeakerCountError if invalid
+
+    @property
+    def speakers(self) -> SpeakerCount:
+        """The speaker-count constraints as one validated value."""
+        return SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)
 
     @property
     def speaker_cap(self) -> int | None:
-        return self.num_speakers if self.num_speakers is not None else self.max_speakers
+        return self.speakers.cap
 
     def build(self, state: ClustererState | None, resources: Any = None) -> OnlineClusterer:
         return OnlineClusterer(self, state or ClustererState())

@@ -11,6 +11,7 @@ from .clustering import OnlineClustererConfig
 from .embedding import EmbeddingExtractorConfig
 from .framing import PcmFramerConfig
 from .snapshots import SnapshotEmitterConfig
+from .speaker_count import SpeakerCount
 from .vad import SileroVadConfig
 
 __all__ = ["PipelineConfig", "build_graph"]
@@ -33,6 +34,11 @@ class PipelineConfig:
     embedding: EmbeddingExtractorConfig = field(default_factory=EmbeddingExtractorConfig)
     clustering: OnlineClustererConfig = field(default_factory=OnlineClustererConfig)
     snapshots: SnapshotEmitterConfig = field(default_factory=SnapshotEmitterConfig)
+
+    def with_speakers(self, count: SpeakerCount) -> PipelineConfig:
+        """This config with the clusterer constrained to ``count`` speakers."""
+        return replace(self, clustering=replace(self.clustering, num_speakers=count.num,
+                                                min_speakers=count.min, max_speakers=count.max))
 
     def for_mode(self, mode: Literal["offline", "stream"]) -> PipelineConfig:
         """This config with the switches of a driver mode set: ``"offline"`` turns on shared embedding

@@ -94,7 +94,7 @@ def test_refinement_relabels_globally_at_end_of_input() -> None:
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"num_speakers": 2, "max_speakers": 3}, "cannot be combined"),
-    ({"min_speakers": 4, "max_speakers": 3}, "must be <="),
+    ({"min_speakers": 4, "max_speakers": 3}, "must not be greater"),
     ({"num_speakers": 0}, ">= 1"),
     ({"assign_threshold": 1.5}, "assign_threshold"),
     ({"retention_samples": 10}, "retention_samples"),
