@@ -49,3 +49,21 @@ def test_shared_facts_are_defined_once() -> None:
     expected = {f"operators/constants.py:{name}" for name in _SHARED_FACTS}
     assert set(definitions) - {"tools/golden/make_campplus_golden.py:SAMPLE_RATE"} == expected
     assert len(definitions) == len(set(definitions))
+
+
+def test_every_declared_dependency_is_imported() -> None:
+    """A runtime dependency nothing imports is dead weight for every install (numba and soxr were)."""
+    import re
+    import tomllib
+
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~; \[]", requirement, maxsplit=1)[0].lower() for requirement in declared}
+    imported = set()
+    for folder in ("dataflow", "operators", "servers", "diarflow"):
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    assert names - imported == set(), "declared but never imported"
