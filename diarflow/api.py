@@ -13,11 +13,14 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from diarflow.audio import SAMPLE_RATE, decode_chunks, to_s16le
+from diarflow.audio import decode_chunks, to_s16le
 from diarflow.dataflow import StreamingSession, iter_offline
+from diarflow.operators.constants import CONFIDENCE_FRAME_S, CONFIDENCE_FRAME_SAMPLES, SAMPLE_RATE
 from diarflow.operators.messages import PcmBytes, PcmSamples, Snapshot, SpeakerTurn
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import PipelineConfig, build_graph
+from diarflow.operators.speaker_count import SpeakerCount
+from diarflow.resources import load_resources
 
 __all__ = ["DiarizationResult", "Segment", "diarize", "default_resources", "STREAM_CHUNK_SAMPLES"]
 
@@ -49,7 +52,7 @@ def default_resources() -> Resources:
     global _resources
     with _resources_lock:
         if _resources is None:
-            _resources = Resources.load(parallel_calls=os.cpu_count() or 1)
+            _resources = load_resources(parallel_calls=os.cpu_count() or 1)
         return _resources
 
 
@@ -96,7 +99,7 @@ class DiarizationResult:
     frame_confidence: np.ndarray | None = None
     speaker_embeddings: Mapping[str, np.ndarray] = field(default_factory=dict)
 
-    CONFIDENCE_RESOLUTION_S: ClassVar[float] = 0.02
+    CONFIDENCE_RESOLUTION_S: ClassVar[float] = CONFIDENCE_FRAME_S
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot, uri: str, duration_samples: int) -> DiarizationResult:
@@ -112,7 +115,7 @@ class DiarizationResult:
         )
         frames = snapshot.frame_confidence
         if frames is not None:  # cover the whole input, silence at the end included
-            total = -(-duration_samples // 320)
+            total = -(-duration_samples // CONFIDENCE_FRAME_SAMPLES)
             frames = np.concatenate([frames[:total], np.full(max(0, total - len(frames)), 100, np.uint8)])
         embeddings = {f"SPEAKER_{k:02d}": v for k, v in snapshot.speaker_embeddings().items()}
         return cls(uri, segments, duration_samples / SAMPLE_RATE, snapshot.warnings, frames, embeddings)
@@ -247,10 +250,8 @@ def diarize(
     """
     if mode not in ("offline", "stream"):
         raise ValueError(f"mode must be 'offline' or 'stream', got {mode!r}")
-    config = (config or PipelineConfig()).for_mode(mode)
-    clustering = replace(config.clustering, num_speakers=num_speakers, min_speakers=min_speakers,
-                         max_speakers=max_speakers)
-    graph = build_graph(replace(config, clustering=clustering))
+    speakers = SpeakerCount(num_speakers, min_speakers, max_speakers)  # SpeakerCountError if invalid
+    graph = build_graph((config or PipelineConfig()).for_mode(mode).with_speakers(speakers))
     resources = resources or default_resources()
     uri = uri or (Path(source).stem if not isinstance(source, np.ndarray) else "audio")
     total = 0

@@ -40,6 +40,8 @@ from typing import IO, Any, Callable, Iterator, Literal, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diarflow.operators.speaker_count import SpeakerCount, count_from_text
+
 __all__ = [
     "FILES_SCHEMA", "OUTCOME_SCHEMA", "SEGMENTS_SCHEMA", "BatchItem", "BatchOptions", "BatchReport",
     "BatchWriter", "FileOutcome", "expand_inputs", "outcomes_from_table", "outcomes_to_table",
@@ -107,14 +109,7 @@ class BatchOptions:
     url_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
-        for name in ("num_speakers", "min_speakers", "max_speakers"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.num_speakers is not None and (self.min_speakers or self.max_speakers):
-            raise ValueError("num_speakers cannot be combined with min_speakers / max_speakers")
-        if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
-            raise ValueError(f"min_speakers ({self.min_speakers}) must not exceed max_speakers ({self.max_speakers})")
+        SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)  # SpeakerCountError if invalid
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown or not self.formats:
             raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}; "
@@ -488,10 +483,10 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _init_local_worker(model_dir: str | None, parent_pid: int) -> None:
     global _worker_resources
-    from diarflow.operators.models import Resources
+    from diarflow.resources import load_resources
 
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    _worker_resources = Resources.load(Path(model_dir) if model_dir else None, parallel_calls=1)
+    _worker_resources = load_resources(Path(model_dir) if model_dir else None, parallel_calls=1)
 
 
 def _process_in_worker(item: BatchItem, options: BatchOptions) -> FileOutcome:
@@ -705,11 +700,11 @@ def add_batch_arguments(parser: Any) -> None:
                         "a re-run skips files already done there)")
     parser.add_argument("--format", default=",".join(FORMATS),
                         help="comma-separated: rttm, json (per file), parquet (segments dataset); default all")
-    parser.add_argument("--num-speakers", type=_positive_int, metavar="N",
+    parser.add_argument("--num-speakers", type=count_from_text, metavar="N",
                         help="exactly N speakers in every file; cannot be combined with --min/--max-speakers")
-    parser.add_argument("--min-speakers", type=_positive_int, metavar="N",
+    parser.add_argument("--min-speakers", type=count_from_text, metavar="N",
                         help="at least N speakers per file (default: estimated from the audio)")
-    parser.add_argument("--max-speakers", type=_positive_int, metavar="N",
+    parser.add_argument("--max-speakers", type=count_from_text, metavar="N",
                         help="at most N speakers per file (default: no limit)")
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="local: a process pool on this machine (default); ray: Ray Data actors")

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-from diarflow.models import (
+from diarflow.operators.speaker_count import CLI_NAMES, SpeakerCount, SpeakerCountError, count_from_text
+from diarflow.provisioning import (
     MODELS,
     ModelProvisioningError,
     default_model_dir,
@@ -247,17 +248,6 @@ def similarity(text: str) -> float:
     return value
 
 
-def speaker_count(text: str) -> int:
-    """An ``argparse`` type for speaker counts: a whole number >= 1, with a message a person can read."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of speakers (1 or more), got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of speakers (1 or more), got {value}")
-    return value
-
-
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -301,12 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     diar.add_argument("--out", default=".", metavar="DIR",
                       help="output folder, created if missing (default: the current folder)")
     diar.add_argument("--format", default="rttm", help="comma-separated: rttm, json, parquet (default rttm)")
-    diar.add_argument("--num-speakers", type=speaker_count, metavar="N",
+    diar.add_argument("--num-speakers", type=count_from_text, metavar="N",
                       help="exactly N speakers, when you know it (e.g. 2 for a phone call); "
                            "cannot be combined with --min/--max-speakers")
-    diar.add_argument("--min-speakers", type=speaker_count, metavar="N",
+    diar.add_argument("--min-speakers", type=count_from_text, metavar="N",
                       help="at least N speakers (default: estimated from the audio)")
-    diar.add_argument("--max-speakers", type=speaker_count, metavar="N",
+    diar.add_argument("--max-speakers", type=count_from_text, metavar="N",
                       help="at most N speakers (default: no limit)")
     diar.add_argument("--merge-similarity", type=similarity, metavar="X",
                       help=f"clustering sensitivity (default {OnlineClustererConfig().merge_similarity}): "
@@ -356,11 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "num_speakers", None) is not None and (args.min_speakers or args.max_speakers):
-        parser.error("--num-speakers cannot be combined with --min-speakers / --max-speakers")
-    if getattr(args, "min_speakers", None) and getattr(args, "max_speakers", None) and \
-            args.min_speakers > args.max_speakers:
-        parser.error("--min-speakers must not exceed --max-speakers")
+    if hasattr(args, "num_speakers"):  # diarize and batch
+        try:
+            SpeakerCount.parse(args.num_speakers, args.min_speakers, args.max_speakers, CLI_NAMES)
+        except SpeakerCountError as exc:
+            parser.error(str(exc))
     return int(args.func(args))
 
 

@@ -115,10 +115,10 @@ class _BatchActor:
     def __init__(self, options: BatchOptions) -> None:
         from pathlib import Path
 
-        from diarflow.operators.models import Resources
+        from diarflow.resources import load_resources
 
         self.options = options
-        self.resources = Resources.load(Path(options.model_dir) if options.model_dir else None, parallel_calls=1)
+        self.resources = load_resources(Path(options.model_dir) if options.model_dir else None, parallel_calls=1)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from diarflow.batch import BatchItem, outcomes_to_table, process_file

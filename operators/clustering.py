@@ -8,14 +8,14 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .constants import EMBEDDING_DIM, SAMPLE_RATE, VAD_WINDOW_SAMPLES
 from .confidence import frame_confidence, turn_posteriors, window_posteriors
 from .global_clustering import cluster_embeddings
 from .vectors import label_sums, normalise, unit
 from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
+from .speaker_count import SpeakerCount
 
 __all__ = ["OnlineClusterer", "OnlineClustererConfig", "ClustererState", "SpeakerTurns", "windows_to_turns"]
-
-_DIM = 192
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,7 +76,7 @@ class OnlineClustererConfig:
         speakers from noise or overlap), unless that would leave fewer than ``min_speakers``.
     """
 
-    retention_samples: int = 120 * 16000
+    retention_samples: int = 120 * SAMPLE_RATE
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
@@ -98,16 +98,14 @@ class OnlineClustererConfig:
             raise ValueError(f"prototypes_per_speaker must be >= 1, got {self.prototypes_per_speaker}")
         if self.min_cluster_windows < 1:
             raise ValueError(f"min_cluster_windows must be >= 1, got {self.min_cluster_windows}")
-        if self.retention_samples < 16000:
-            raise ValueError(f"retention_samples must be >= 16000 (1 s), got {self.retention_samples}")
-        for name in ("num_speakers", "min_speakers", "max_speakers"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
-        if self.num_speakers is not None and (self.min_speakers is not None or self.max_speakers is not None):
-            raise ValueError("num_speakers cannot be combined with min_speakers / max_speakers")
-        if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
-            raise ValueError(f"min_speakers ({self.min_speakers}) must be <= max_speakers ({self.max_speakers})")
+        if self.retention_samples < SAMPLE_RATE:
+            raise ValueError(f"retention_samples must be >= {SAMPLE_RATE} (1 s), got {self.retention_samples}")
+        SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)  # SpeakerCountError if invalid
+
+    @property
+    def speakers(self) -> SpeakerCount:
+        """The speaker-count constraints as one validated value."""
+        return SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)
 
     def build(self, state: ClustererState | None, resources: Any = None) -> OnlineClusterer:
         return OnlineClusterer(self, state or ClustererState())
@@ -117,19 +115,19 @@ class OnlineClustererConfig:
 class ClustererState:
     """Plain arrays: speaker prototypes, the buffer's windows, frozen turns, and (refine) all windows."""
 
-    prototype_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (m, 192)
+    prototype_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (m, 192)
     prototype_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # (m,) windows each
     prototype_speakers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (m,)
     speakers: int = 0  # ids given out so far: 0 .. speakers - 1
     spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # buffer windows (n, 2)
-    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (n, 192)
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (n, 192)
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
     utterance_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
     frozen_turns: tuple[SpeakerTurn, ...] = ()
     utterances: int = 0
     end_sample: int = 0
     history_spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # refine only, (N, 2)
-    history_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (N, 192)
+    history_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (N, 192)
     history_utterance_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,)
     vad_probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # refine only
 
@@ -247,11 +245,10 @@ class OnlineClusterer:
         ids ``(n,)``, smoothed inside each utterance.
         """
         cfg = self.config
-        n, m = len(self._vectors), len(self._prototype_sums)
+        n = len(self._vectors)
         rows = normalise(np.vstack([self._vectors, self._prototype_sums]).astype(np.float32))
         weights = np.concatenate([np.ones(n), self._prototype_weights])
-        clusters = cluster_embeddings(rows, cfg.num_speakers or cfg.min_speakers or 1,
-                                      cfg.num_speakers or cfg.max_speakers, cfg.merge_similarity,
+        clusters = cluster_embeddings(rows, cfg.speakers.floor, cfg.speakers.cap, cfg.merge_similarity,
                                       cfg.prune_fraction, min_cluster_size=cfg.min_cluster_windows,
                                       weights=weights)
         owners = np.concatenate([previous, self._prototype_speakers])  # id each row holds now (-1: none)
@@ -264,7 +261,12 @@ class OnlineClusterer:
         for cluster, speaker in zip(chosen, ids):
             if overlap[cluster, speaker] > 0:
                 mapping[cluster] = speaker
+        cap = cfg.speakers.cap
         for cluster in np.flatnonzero(mapping < 0):  # clusters no existing speaker holds: new speakers
+            if cap is not None and self._speakers >= cap:  # unless the count is capped: the closest one
+                sums = label_sums(owners[held], rows[held], self._speakers, weights[held])
+                mapping[cluster] = int(np.argmax(normalise(sums) @ rows[clusters == cluster].sum(axis=0)))
+                continue
             mapping[cluster] = self._speakers
             self._speakers += 1
         labels = mapping[clusters[:n]]
@@ -336,8 +338,7 @@ class OnlineClusterer:
         spans = self._history_spans.view()
         vectors = self._history_vectors.view()
         utterance_ids = self._history_utterances.view()
-        min_speakers = cfg.num_speakers or cfg.min_speakers or 1
-        max_speakers = cfg.num_speakers or cfg.max_speakers
+        min_speakers, max_speakers = cfg.speakers.floor, cfg.speakers.cap
         labels = cluster_embeddings(vectors, min_speakers, max_speakers, cfg.merge_similarity,
                                     cfg.prune_fraction, min_cluster_size=cfg.min_cluster_windows)
         found = int(labels.max()) + 1 if len(labels) else 0
@@ -347,7 +348,7 @@ class OnlineClusterer:
         posteriors = window_posteriors(vectors, labels)  # (n, speakers)
         turns = turn_posteriors(windows_to_turns(spans, labels, utterance_ids), spans, posteriors)
         vad = self._vad.view()
-        end = max(self._end_sample, len(vad) * 512)
+        end = max(self._end_sample, len(vad) * VAD_WINDOW_SAMPLES)
         frames = frame_confidence(turns, spans, posteriors, labels, vad, end)
         sums = label_sums(labels, vectors, found)
         centroids = {k: unit(sums[k]) for k in range(found)}

@@ -15,9 +15,10 @@ from typing import Callable, Protocol, Sequence, TypeVar
 import numpy as np
 import onnxruntime as ort
 
+from .constants import EMBEDDING_DIM, VAD_WINDOW_SAMPLES
+from .silero_split import split_silero_vad
+
 __all__ = [
-    "EMBEDDING_DIM",
-    "VAD_WINDOW_SAMPLES",
     "Resources",
     "SEGMENTATION_CLASSES",
     "SEGMENTATION_FRAMES",
@@ -33,14 +34,11 @@ __all__ = [
     "make_session",
 ]
 
-SAMPLE_RATE = 16000
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-VAD_WINDOW_SAMPLES = 512  # 32 ms at 16 kHz: the window Silero v5+ is trained on
 _VAD_CONTEXT_SAMPLES = 64  # tail of the previous window prepended to each window
 _MIN_PARALLEL_WINDOWS = 256  # below this, one encoder call beats splitting it over threads
 _ENCODER_BLOCK_WINDOWS = 1024  # 33 s of audio per encoder call
-EMBEDDING_DIM = 192
 SEGMENTATION_WINDOW_SAMPLES = 160_000  # 10 s at 16 kHz: the chunk segmentation-3.0 is trained on
 SEGMENTATION_FRAMES = 589  # output frames per chunk
 # SincNet (conv 251 / stride 10, then three max-pools of 3 around two convs of 5): output frame k sees
@@ -96,13 +94,11 @@ class SpeakerEmbedder(Protocol):
 
 
 class SileroVadModel:
-    """Silero VAD v6 (ONNX) at 16 kHz, split in two (see :mod:`diarflow.models.silero_split`): the
+    """Silero VAD v6 (ONNX) at 16 kHz, split in two (see :mod:`.silero_split`): the
     stateless encoder runs on all windows of a call in one batch (in parallel when given a pool), then
     one sequence LSTM carries the caller's state through them. Exactly the per-window model, faster."""
 
     def __init__(self, path: Path | str, intra_op_threads: int = 1, pool: ThreadPoolExecutor | None = None) -> None:
-        from diarflow.models.silero_split import split_silero_vad
-
         encoder, recurrence = split_silero_vad(path)
         self._encoder = make_session(encoder, intra_op_threads)
         self._recurrence = make_session(recurrence, intra_op_threads)
@@ -310,30 +306,12 @@ class SegmentationModel:
 
 @dataclass(frozen=True)
 class Resources:
-    """Models loaded once per process and shared read-only by all sessions and jobs."""
+    """Models loaded once per process and shared read-only by all sessions and jobs.
+
+    Built by :func:`diarflow.resources.load_resources` from the verified model cache, or by hand
+    around fakes of the Protocols in tests.
+    """
 
     vad: VadModel
     embedder: SpeakerEmbedder
     segmentation: SegmentationModel
-
-    @classmethod
-    def load(cls, model_dir: Path | None = None, parallel_calls: int = 1) -> Resources:
-        """Verify (installing on first use) and load the models from the cache.
-
-        Parameters
-        ----------
-        model_dir
-            Model cache; default ``$DIARFLOW_MODEL_DIR`` or ``~/.cache/diarflow/models``.
-        parallel_calls
-            Model calls one batch may spread over (threads; onnxruntime releases the GIL). Use the
-            core count for a single offline run; 1 where many sessions already share the cores.
-        """
-        from diarflow.models import ensure_models
-
-        paths = ensure_models(model_dir)
-        pool = ThreadPoolExecutor(parallel_calls, thread_name_prefix="diarflow-model") if parallel_calls > 1 else None
-        return cls(
-            vad=SileroVadModel(paths.silero_vad, pool=pool),
-            embedder=SpeakerEmbeddingModel(paths.campplus, pool=pool),
-            segmentation=SegmentationModel(paths.segmentation, pool=pool),
-        )

@@ -22,6 +22,7 @@ from .framing import PcmFramerConfig
 from .overlap import OverlapAssignerConfig
 from .segmentation import OverlapDetectorConfig
 from .snapshots import SnapshotEmitterConfig
+from .speaker_count import SpeakerCount
 from .vad import SileroVadConfig
 
 __all__ = ["PipelineConfig", "build_graph"]
@@ -50,6 +51,11 @@ class PipelineConfig:
     overlap_detection: OverlapDetectorConfig | None = field(default_factory=OverlapDetectorConfig)
     overlaps: OverlapAssignerConfig = field(default_factory=OverlapAssignerConfig)
     snapshots: SnapshotEmitterConfig = field(default_factory=SnapshotEmitterConfig)
+
+    def with_speakers(self, count: SpeakerCount) -> PipelineConfig:
+        """This config with the clusterer constrained to ``count`` speakers."""
+        return replace(self, clustering=replace(self.clustering, num_speakers=count.num,
+                                                min_speakers=count.min, max_speakers=count.max))
 
     def for_mode(self, mode: Literal["offline", "stream"]) -> PipelineConfig:
         """This config with the switches of a driver mode set: ``"offline"`` turns on shared embedding

@@ -11,7 +11,7 @@ from aiohttp import web
 from threadpoolctl import threadpool_limits
 
 from diarflow import __version__
-from diarflow.operators.models import Resources
+from diarflow.resources import load_resources
 from diarflow.servers.access_log import RedactingAccessLogger
 from diarflow.servers.jobs.service import job_api_problems, setup_jobs
 from diarflow.servers.state import RESOURCES, SETTINGS, STARTED_AT, ServerSettings
@@ -27,7 +27,7 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # one thread per model call: the stream pool (one thread per core) runs sessions in parallel; a
     # second level of model threads only added hand-offs (capacity 48-56 sessions instead of 32-48)
-    app[RESOURCES] = await asyncio.to_thread(Resources.load, settings.model_dir, 1)
+    app[RESOURCES] = await asyncio.to_thread(load_resources, settings.model_dir, 1)
     app[STARTED_AT] = time.monotonic()
     log.info("models loaded")
     yield

@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Mapping, TypeVar
 
@@ -25,19 +25,20 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from diarflow.dataflow import Graph, StreamingSession
 from diarflow.operators.messages import PcmBytes, Snapshot
+from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.operators.pipeline import PipelineConfig, build_graph
+from diarflow.operators.speaker_count import PYTHON_NAMES, SpeakerCount, SpeakerCountError
 
 from diarflow.servers.auth import configured_api_keys, team_for_token
+from diarflow.servers.protocol import START_FIELDS
 from diarflow.servers.state import RESOURCES, SETTINGS, STREAM, ServerSettings
 
 __all__ = ["MAX_FRAME_BYTES", "StreamRegistry", "STREAM", "active_sessions", "snapshot_message", "setup_stream"]
 
 log = logging.getLogger("diarflow.server.stream")
 
-SAMPLE_RATE = 16000
 MAX_FRAME_BYTES = 1 << 20
 STATIC_DIR = Path(__file__).parent / "static"
-START_FIELDS: Mapping[str, object] = {"sample_rate": 16000, "channels": 1, "sample_width": 2, "format": "pcm_s16le"}
 UNAUTHORIZED = 4401
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 5.5: a control frame carries at most 125 bytes, 2 of them the code
 MAX_GRAPHS = 32
@@ -60,19 +61,16 @@ class StreamRegistry:
     pool: ThreadPoolExecutor
     api_keys: Mapping[str, str]
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
-    graphs: dict[tuple[int | None, int | None, int | None], Graph] = field(default_factory=dict)
+    graphs: dict[SpeakerCount, Graph] = field(default_factory=dict)
     sessions: int = 0
 
-    def graph_for(self, num: int | None, low: int | None, high: int | None) -> Graph:
-        """The frozen graph for these speaker constraints (built once; ``ValueError`` if invalid)."""
-        key = (num, low, high)
-        if key not in self.graphs:
+    def graph_for(self, count: SpeakerCount) -> Graph:
+        """The frozen graph for these speaker constraints (built once per distinct count)."""
+        if count not in self.graphs:
             if len(self.graphs) >= MAX_GRAPHS:  # the key comes from clients: keep the cache bounded
                 self.graphs.pop(next(iter(self.graphs)))
-            cfg = PipelineConfig()
-            clustering = replace(cfg.clustering, num_speakers=num, min_speakers=low, max_speakers=high)
-            self.graphs[key] = build_graph(replace(cfg, clustering=clustering))
-        return self.graphs[key]
+            self.graphs[count] = build_graph(PipelineConfig().with_speakers(count))
+        return self.graphs[count]
 
 
 def active_sessions(app: web.Application) -> int:
@@ -140,15 +138,6 @@ def _step_and_render(step: Callable[[], list[Any]], kind: str, session_id: str, 
     ms = (time.perf_counter() - started) * 1000.0
     return [json.dumps(snapshot_message(kind, session_id, m, chunks, ms), separators=(",", ":"))
             for m in messages if isinstance(m, Snapshot)]
-
-
-def _optional_count(body: Mapping[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def close_reason(text: str) -> bytes:
@@ -286,11 +275,11 @@ class _Connection:
             if type(got) is not type(expected) or got != expected:
                 raise ProtocolError(WSCloseCode.POLICY_VIOLATION,
                                     f"start: {name} must be {expected!r}, got {got!r} (only 16 kHz mono s16le)")
-        counts = [_optional_count(body, n) for n in ("num_speakers", "min_speakers", "max_speakers")]
         try:
-            graph = self.registry.graph_for(*counts)
-        except ValueError as exc:
+            count = SpeakerCount.parse(*(body.get(name) for name in PYTHON_NAMES))
+        except SpeakerCountError as exc:
             raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {exc}") from None
+        graph = self.registry.graph_for(count)
         if self.resources is None:
             raise ProtocolError(WSCloseCode.INTERNAL_ERROR, "models are not loaded")
         self.session = await self._compute(lambda: StreamingSession(graph, self.resources))

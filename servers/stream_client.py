@@ -18,14 +18,14 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import aiohttp
 import numpy as np
 
+from diarflow.servers.protocol import BYTES_PER_SECOND, START_FIELDS
+
 __all__ = ["FRAME_BYTES", "StreamOutcome", "file_frames", "percentile_ms", "run_stream_command", "stream_frames"]
 
-FRAME_BYTES = 6400  # 200 ms of 16 kHz s16le mono, the recommended frame
-BYTES_PER_SECOND = 32000
+FRAME_BYTES = BYTES_PER_SECOND // 5  # 200 ms, the recommended frame
 MAX_RETRIES = 2
 RETRY_BASE_S = 1.0
-START: Mapping[str, Any] = {"type": "start", "sample_rate": 16000, "channels": 1, "sample_width": 2,
-                            "format": "pcm_s16le"}
+START: Mapping[str, Any] = {"type": "start", **START_FIELDS}
 
 
 @dataclass

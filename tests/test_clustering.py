@@ -111,7 +111,7 @@ def test_refinement_relabels_globally_at_end_of_input() -> None:
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"num_speakers": 2, "max_speakers": 3}, "cannot be combined"),
-    ({"min_speakers": 4, "max_speakers": 3}, "must be <="),
+    ({"min_speakers": 4, "max_speakers": 3}, "must not be greater"),
     ({"num_speakers": 0}, ">= 1"),
     ({"prototypes_per_speaker": 0}, "prototypes_per_speaker"),
     ({"merge_similarity": 1.5}, "merge_similarity"),
@@ -194,3 +194,12 @@ def test_a_fixed_speaker_count_is_honoured_exactly(count: int) -> None:
     vectors, _ = _voices(np.random.default_rng(count), 4, 40, 0.5)
     labels = cluster_embeddings(vectors, min_speakers=count, max_speakers=count)
     assert len(np.unique(labels)) == count
+
+
+def test_live_ids_never_exceed_a_fixed_count() -> None:
+    """Five voices but num_speakers=2: every window is labelled, with at most two ids ever given out."""
+    centres = _speakers(5, seed=21)
+    utterances = [_utterance(4.0 * i, centres[i % 5], windows=3, seed=i) for i in range(40)]
+    snapshots = _run(OnlineClustererConfig(num_speakers=2, retention_samples=30 * RATE), utterances)
+    assert all(s.num_speakers <= 2 for s in snapshots)
+    assert {t.speaker for t in snapshots[-1].turns} == {0, 1}

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.servers.jobs.fetch import AddressPolicy, FetchError, new_session, request_guarded
 from diarflow.testing import ServerProcess, rss_bytes, upload, wait_for_job
 

@@ -18,7 +18,7 @@ import soundfile as sf
 from aiohttp import web
 
 from diarflow.testing.evaluation import DevItem, Turn, diarization_error_rate, read_rttm
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.testing import ServerProcess, upload, wait_for_job
 
 SECRET = "flow-test-secret"

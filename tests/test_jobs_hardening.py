@@ -18,7 +18,7 @@ import soundfile as sf
 from aiohttp import web
 
 from diarflow.testing.evaluation import DevItem
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.testing import ServerProcess, rss_bytes, upload, wait_for_job
 
 pytestmark = pytest.mark.timeout(300)

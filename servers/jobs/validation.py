@@ -6,6 +6,7 @@ from typing import Any
 
 from yarl import URL
 
+from diarflow.operators.speaker_count import speaker_count_errors
 from diarflow.servers.jobs.media import MEDIA_KEY_RE
 from diarflow.voiceprints import decode_voiceprint
 
@@ -13,6 +14,7 @@ __all__ = ["ValidationFailed", "parse_diarize", "parse_identify", "parse_media_k
 
 MODELS = frozenset({"precision-2", "community-1"})
 MAX_URL_CHARS = 4096
+_SPEAKER_FIELDS = ("numSpeakers", "minSpeakers", "maxSpeakers")
 
 
 class ValidationFailed(Exception):
@@ -43,15 +45,6 @@ class _Checker:
         if not isinstance(value, bool):
             self.fail(field, f"{field} must be a boolean")
             return False
-        return value
-
-    def count(self, field: str) -> int | None:
-        value = self.body.get(field)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            self.fail(field, f"{field} must be an integer >= 1")
-            return None
         return value
 
     def http_url(self, field: str, required: bool) -> str | None:
@@ -112,11 +105,9 @@ def _common(check: _Checker) -> dict[str, Any]:
 
 
 def _diarization_fields(check: _Checker, params: dict[str, Any]) -> None:
-    num, low, high = check.count("numSpeakers"), check.count("minSpeakers"), check.count("maxSpeakers")
-    if num is not None and (check.get("minSpeakers") is not None or check.get("maxSpeakers") is not None):
-        check.fail("numSpeakers", "numSpeakers cannot be combined with minSpeakers or maxSpeakers")
-    if low is not None and high is not None and low > high:
-        check.fail("minSpeakers", "minSpeakers must not be greater than maxSpeakers")
+    num, low, high = (check.get(name) for name in _SPEAKER_FIELDS)
+    for field, message in speaker_count_errors(num, low, high, _SPEAKER_FIELDS):
+        check.fail(field, message)
     if check.get("transcription") is True:
         check.fail("transcription", "transcription is not supported by this server")
     elif check.get("transcription") is not None and not isinstance(check.get("transcription"), bool):

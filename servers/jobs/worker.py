@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from diarflow.operators.constants import CONFIDENCE_FRAME_S as _CONFIDENCE_FRAME_S
 from diarflow.servers.jobs.probe import demuxed_duration_s, too_long_message
 
 __all__ = ["JobFailure", "StoreProgress", "init_worker", "load_resources", "run_job", "run_job_reporting"]
@@ -24,7 +25,6 @@ __all__ = ["JobFailure", "StoreProgress", "init_worker", "load_resources", "run_
 _resources: Any = None
 _PROGRESS_PERIOD_S = 0.5
 _LENGTH_TOLERANCE_S = 0.05  # container rounding: a file of exactly the limit is accepted
-_CONFIDENCE_FRAME_S = 0.02
 _NO_SPEECH_CONFIDENCE = 100  # the engine's value for frames it is sure hold no speaker
 log = logging.getLogger("diarflow.jobs.worker")
 
@@ -48,9 +48,9 @@ def _watch_parent(parent_pid: int) -> None:
 def load_resources(model_dir: str | None) -> None:
     """Load the models once for every job this process (a pool worker or a Ray actor) will run."""
     global _resources
-    from diarflow.operators.models import Resources
+    from diarflow.resources import load_resources as load_models
 
-    _resources = Resources.load(Path(model_dir) if model_dir else None, parallel_calls=1)
+    _resources = load_models(Path(model_dir) if model_dir else None, parallel_calls=1)
 
 
 def init_worker(model_dir: str | None, parent_pid: int) -> None:

