@@ -34,9 +34,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_paths: ModelPaths) ->
 
 
 @pytest.fixture
-async def api(server: ServerProcess) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(server.url, headers=A) as session:
-        yield session
+def api_headers() -> dict[str, str]:
+    return A  # real clients send a JSON Content-Type even on GETs
 
 
 async def test_key_check_and_401(api: aiohttp.ClientSession) -> None:

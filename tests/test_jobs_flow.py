@@ -41,12 +41,6 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture
-async def api(server: ServerProcess) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(server.url, headers={"Authorization": "Bearer anything"}) as session:
-        yield session
-
-
-@pytest.fixture
 def dev06(speech_clips: dict[str, DevItem]) -> DevItem:
     """Six speakers in 58 s (all of the dev corpus's dev06)."""
     return speech_clips["six_speakers"]

@@ -15,7 +15,7 @@ from diarflow.servers.jobs.fetch import FetchError, download
 from diarflow.servers.jobs.media import MediaStore
 from diarflow.servers.jobs.pool import JobCall, WorkerLost, WorkerPool, WorkerSlot, make_pool
 from diarflow.servers.jobs.settings import JobsSettings
-from diarflow.servers.jobs.store import Job, JobStore, StoreError
+from diarflow.servers.jobs.store import Job, JobStore, StoreError, until_stored
 from diarflow.servers.jobs.worker import JobFailure
 
 __all__ = ["JobRunner", "webhook_body"]
@@ -96,14 +96,8 @@ class JobRunner:
     async def record(self, job: Job, status: str, output: dict[str, Any],
                      from_statuses: tuple[str, ...] = ("created", "running")) -> bool:
         """:meth:`finish`, tried again (with back-off) until the store accepts it: the outcome is never dropped."""
-        delay_s = 0.1
-        while True:
-            try:
-                return self.finish(job, status, output, from_statuses)
-            except StoreError as exc:
-                log.warning("job %s: cannot record %s yet (%s); retrying in %.1f s", job.id, status, exc, delay_s)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, self.settings.store_retry_max_s)
+        return await until_stored(lambda: self.finish(job, status, output, from_statuses),
+                                  f"job {job.id}: cannot record {status}", self.settings.store_retry_max_s, log)
 
     def _submit_later(self, job_id: str, delay_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -189,14 +183,8 @@ class JobRunner:
 
     async def _requeue_durably(self, job: Job, crashed: bool = False) -> Job:
         """Put ``job`` back to ``created`` in the store, trying again until the store accepts it."""
-        delay_s = 0.1
-        while True:
-            try:
-                return self.store.requeue(job.id, crashed=crashed) or job
-            except StoreError as exc:
-                log.warning("job %s: cannot re-queue yet (%s)", job.id, exc)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, self.settings.store_retry_max_s)
+        return await until_stored(lambda: self.store.requeue(job.id, crashed=crashed) or job,
+                                  f"job {job.id}: cannot re-queue", self.settings.store_retry_max_s, log)
 
     async def _after_crash(self, job: Job) -> None:
         """The worker died under ``job``: run it once more, or fail it after a second crash."""
