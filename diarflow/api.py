@@ -208,6 +208,7 @@ def diarize(
     resources: Resources | None = None,
     uri: str | None = None,
     on_progress: Callable[[float], None] | None = None,
+    merge_similarity: float | None = None,
 ) -> DiarizationResult:
     """Diarize a file (any audio/video format) or a float32 16 kHz mono array.
 
@@ -230,6 +231,10 @@ def diarize(
         Name for RTTM output; default the file stem, or ``"audio"`` for arrays.
     on_progress
         Called with the seconds of audio processed so far.
+    merge_similarity
+        Offline clustering's sensitivity: cosine similarity in (-1, 1] of two speakers' centroids above
+        which they are merged (lower: fewer speakers). ``None``: the config's value (0.7 by default).
+        No effect in ``"stream"`` mode.
 
     Examples
     --------
@@ -241,6 +246,8 @@ def diarize(
     config = (config or PipelineConfig()).for_mode(mode)
     clustering = replace(config.clustering, num_speakers=num_speakers, min_speakers=min_speakers,
                          max_speakers=max_speakers)
+    if merge_similarity is not None:
+        clustering = replace(clustering, merge_similarity=merge_similarity)
     graph = build_graph(replace(config, clustering=clustering))
     resources = resources or default_resources()
     uri = uri or (Path(source).stem if not isinstance(source, np.ndarray) else "audio")

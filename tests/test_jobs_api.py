@@ -64,6 +64,10 @@ async def test_key_check_and_401(api: aiohttp.ClientSession) -> None:
     ({"model": "precision-1"}, "model", "model must be one of"),
     ({"confidence": "yes"}, "confidence", "boolean"),
     ({"webhook": "ftp://example.com/x"}, "webhook", "http"),
+    ({"mergeSimilarity": 1.5}, "mergeSimilarity", "mergeSimilarity must be a number in (-1, 1]"),
+    ({"mergeSimilarity": -1}, "mergeSimilarity", "lower merges more speakers"),
+    ({"mergeSimilarity": "0.5"}, "mergeSimilarity", "got \"0.5\""),
+    ({"mergeSimilarity": True}, "mergeSimilarity", "(-1, 1]"),
 ])
 async def test_diarize_validation(api: aiohttp.ClientSession, patch: dict, field: str, message: str) -> None:
     body = {**DIARIZE_NULLS, "url": "https://example.com/a.wav", **patch}

@@ -203,7 +203,8 @@ def _execute(kind: str, input_path: str, params: dict[str, Any], max_audio_s: fl
         else:
             result = diarize(input_path, num_speakers=params.get("numSpeakers"),
                              min_speakers=params.get("minSpeakers"), max_speakers=params.get("maxSpeakers"),
-                             resources=_resources, on_progress=reporter)
+                             merge_similarity=params.get("mergeSimilarity"), resources=_resources,
+                             on_progress=reporter)
     except _Canceled:
         return None
     except AudioDecodeError as exc:
