@@ -9,8 +9,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from diarflow.servers.jobs.fetch import AddressPolicy, FetchError, preflight
 from diarflow.servers.jobs.media import DOWNLOAD_ROUTE, MediaStore, UrlSigner
 from diarflow.servers.jobs.pool import JobCall, WorkerLost, WorkerPool, WorkerSlot, make_pool
@@ -47,12 +45,11 @@ class JobRunner:
     """
 
     def __init__(self, store: JobStore, media: MediaStore, work_dir: Path, settings: JobsSettings,
-                 model_dir: Path | None, http: aiohttp.ClientSession, signer: UrlSigner, base_url: str) -> None:
+                 model_dir: Path | None, signer: UrlSigner, base_url: str) -> None:
         self.store = store
         self.media = media
         self.work_dir = work_dir
         self.settings = settings
-        self.http = http
         self.signer = signer
         self.base_url = base_url.rstrip("/")
         self._model_dir = str(model_dir) if model_dir else None

@@ -116,7 +116,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         log.info("removed %d partial uploads left by an earlier run", removed)
     http = new_session(settings.address_policy)
     signer = UrlSigner(load_or_create_secret(root / "server_secret"))
-    runner = JobRunner(store, media, work_dir, settings, server.model_dir, http, signer, server.base_url)
+    runner = JobRunner(store, media, work_dir, settings, server.model_dir, signer, server.base_url)
     ctx = JobsContext(settings, store, media, signer, KeyRing.from_env(server.auth_enabled, server.api_keys),
                       RateLimiter(max_windows=settings.rate_limit_windows), runner)
     app[JOBS] = ctx
