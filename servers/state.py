@@ -54,7 +54,8 @@ class ServerSettings:
         The server's base URL as job workers reach it (``http(s)://host[:port][/prefix]``): they fetch
         ``media://`` inputs from its presigned download URLs. ``None``: ``http://<host>:<port>``, with
         ``127.0.0.1`` for a wildcard host (right when the workers run on this machine; a Ray cluster of
-        several nodes needs this machine's address as the other nodes see it).
+        several nodes needs this machine's address as the other nodes see it). With ``port=0`` (an
+        ephemeral port, known only once bound) set it, or uploads cannot reach the workers.
     """
 
     host: str = "127.0.0.1"
