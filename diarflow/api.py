@@ -220,6 +220,7 @@ def diarize(
     resources: Resources | None = None,
     uri: str | None = None,
     on_progress: Callable[[float], None] | None = None,
+    merge_similarity: float | None = None,
 ) -> DiarizationResult:
     """Diarize a file (any audio/video format) or a float32 16 kHz mono array.
 
@@ -242,6 +243,10 @@ def diarize(
         Name for RTTM output; default the file stem, or ``"audio"`` for arrays.
     on_progress
         Called with the seconds of audio processed so far.
+    merge_similarity
+        Offline clustering's sensitivity: cosine similarity in (-1, 1] of two speakers' centroids above
+        which they are merged (lower: fewer speakers). ``None``: the config's value (``OnlineClustererConfig.merge_similarity``).
+        No effect in ``"stream"`` mode.
 
     Examples
     --------
@@ -251,7 +256,10 @@ def diarize(
     if mode not in ("offline", "stream"):
         raise ValueError(f"mode must be 'offline' or 'stream', got {mode!r}")
     speakers = SpeakerCount(num_speakers, min_speakers, max_speakers)  # SpeakerCountError if invalid
-    graph = build_graph((config or PipelineConfig()).for_mode(mode).with_speakers(speakers))
+    config = (config or PipelineConfig()).for_mode(mode).with_speakers(speakers)
+    if merge_similarity is not None:
+        config = replace(config, clustering=replace(config.clustering, merge_similarity=merge_similarity))
+    graph = build_graph(config)
     resources = resources or default_resources()
     uri = uri or (Path(source).stem if not isinstance(source, np.ndarray) else "audio")
     total = 0

@@ -97,15 +97,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(_port_busy_message(args.host, args.port), file=sys.stderr)
         return 1
 
-    settings = ServerSettings(
-        host=args.host,
-        port=args.port,
-        model_dir=Path(args.model_dir) if args.model_dir else None,
-        auth_enabled=args.auth or os.environ.get("AUTH_ENABLED", "").lower() in {"1", "true", "yes"},
-        idle_timeout_s=args.idle_timeout,
-        data_dir=Path(args.data_dir) if args.data_dir else None,
-        jobs=JobsSettings(backend=args.workers, ray_address=args.ray_address),
-    )
+    try:
+        settings = ServerSettings(
+            host=args.host,
+            port=args.port,
+            model_dir=Path(args.model_dir) if args.model_dir else None,
+            auth_enabled=args.auth or os.environ.get("AUTH_ENABLED", "").lower() in {"1", "true", "yes"},
+            idle_timeout_s=args.idle_timeout,
+            data_dir=Path(args.data_dir) if args.data_dir else None,
+            jobs=JobsSettings(backend=args.workers, ray_address=args.ray_address),
+            public_url=args.public_url,
+        )
+    except ValueError as exc:  # e.g. a --public-url that is not an http(s) base URL
+        print(f"diarflow: {exc}", file=sys.stderr)
+        return 2
     try:
         run_server(settings)
     except ModelProvisioningError as exc:
@@ -329,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where job API jobs run: local processes (default) or a Ray actor pool")
     serve.add_argument("--ray-address", default=None, metavar="ADDR",
                        help="with --workers ray: join this Ray cluster ('auto' or host:port); default a local Ray")
+    serve.add_argument("--public-url", default=None, metavar="URL",
+                       help="this server's base URL as job workers reach it (they fetch media:// inputs from "
+                            "it); default http://HOST:PORT (127.0.0.1 for 0.0.0.0); on a multi-node Ray "
+                            "cluster e.g. http://10.0.0.5:8000")
     serve.set_defaults(func=_cmd_serve)
 
     stream = sub.add_parser("stream", help="stream a file to a running server's live endpoint")

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, AsyncIterator
 
+import aiohttp
 import pytest
 
 from diarflow.testing.evaluation import DevItem, load_dev_items, shipped_clips_dir
 from diarflow.provisioning import ModelPaths, ensure_models
 from diarflow.operators.models import Resources
 from diarflow.resources import load_resources
+
+if TYPE_CHECKING:
+    from diarflow.testing import ServerProcess
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -44,3 +49,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _NEEDS_MODELS_OR_SPEECH & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def api_headers() -> dict[str, str]:
+    """Headers of every request of the ``api`` client; a module overrides it to send other ones."""
+    return {"Authorization": "Bearer key-a"}
+
+
+@pytest.fixture
+async def api(server: ServerProcess, api_headers: dict[str, str]) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client of the job API on the test module's own ``server`` fixture (a real server process)."""
+    async with aiohttp.ClientSession(server.url, headers=api_headers) as session:
+        yield session

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from yarl import URL
 
 from diarflow.operators.speaker_count import speaker_count_errors
+from diarflow.operators.clustering import OnlineClustererConfig
 from diarflow.servers.jobs.media import MEDIA_KEY_RE
 from diarflow.voiceprints import decode_voiceprint
 
 __all__ = ["ValidationFailed", "parse_diarize", "parse_identify", "parse_media_key", "parse_voiceprint"]
 
 MODELS = frozenset({"precision-2", "community-1"})
+DEFAULT_MERGE_SIMILARITY = OnlineClustererConfig.merge_similarity
 MAX_URL_CHARS = 4096
 _SPEAKER_FIELDS = ("numSpeakers", "minSpeakers", "maxSpeakers")
 
@@ -46,6 +49,17 @@ class _Checker:
             self.fail(field, f"{field} must be a boolean")
             return False
         return value
+
+    def similarity(self, field: str) -> float | None:
+        """A cosine similarity in (-1, 1], or ``None`` when not set."""
+        value = self.body.get(field)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 < value <= 1.0:
+            self.fail(field, f"{field} must be a number in (-1, 1] (lower merges more speakers; default "
+                             f"{DEFAULT_MERGE_SIMILARITY}), got {json.dumps(value)[:40]}")
+            return None
+        return float(value)
 
     def http_url(self, field: str, required: bool) -> str | None:
         value = self.body.get(field)
@@ -113,7 +127,8 @@ def _diarization_fields(check: _Checker, params: dict[str, Any]) -> None:
     elif check.get("transcription") is not None and not isinstance(check.get("transcription"), bool):
         check.fail("transcription", "transcription must be a boolean")
     params.update(numSpeakers=num, minSpeakers=low, maxSpeakers=high, confidence=check.flag("confidence"),
-                  turnLevelConfidence=check.flag("turnLevelConfidence"), exclusive=check.flag("exclusive"))
+                  turnLevelConfidence=check.flag("turnLevelConfidence"), exclusive=check.flag("exclusive"),
+                  mergeSimilarity=check.similarity("mergeSimilarity"))
 
 
 def parse_diarize(body: Any) -> dict[str, Any]:
