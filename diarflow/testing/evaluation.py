@@ -241,7 +241,7 @@ def overlap_seconds(reference: list[Turn], hypothesis: list[Turn], duration_s: f
         speakers = sorted({t.speaker for t in turns})
         active = np.zeros((len(speakers), frames), bool)
         for t in turns:
-            active[speakers.index(t.speaker), int(t.start_s / resolution_s):int(np.ceil(t.end_s / resolution_s))] = True
+            active[speakers.index(t.speaker), round(t.start_s / resolution_s):round(t.end_s / resolution_s)] = True
         return active.sum(axis=0) >= 2
 
     ref, hyp = overlapped(reference), overlapped(hypothesis)
