@@ -68,6 +68,10 @@ class OnlineClustererConfig:
         clustering (lower merges more; the sensitivity knob when counts come out high).
     prune_fraction
         Fraction of nearest neighbours each window keeps in the spectral affinity graph.
+    reclustering_samples
+        Live: the buffer is clustered again once this much speech (5 s) has come in since the last
+        time, or sooner when a new window fits no known speaker; in between, new windows join their
+        nearest speaker (a re-clustering costs ~10-20 ms, an assignment well under 1 ms).
     prototypes_per_speaker
         Live: weighted prototypes kept per speaker for windows that left the buffer (memory
         O(speakers x prototypes) however long the session).
@@ -85,6 +89,7 @@ class OnlineClustererConfig:
     prune_fraction: float = 0.012
     min_cluster_windows: int = 5
     prototypes_per_speaker: int = 8
+    reclustering_samples: int = 5 * SAMPLE_RATE
 
     input_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings, VadProbabilities)
     output_types: ClassVar[tuple[type, ...]] = (SpeakerTurns,)
@@ -94,6 +99,8 @@ class OnlineClustererConfig:
             raise ValueError(f"merge_similarity must lie in (-1, 1], got {self.merge_similarity}")
         if not 0.0 < self.prune_fraction <= 0.5:
             raise ValueError(f"prune_fraction must lie in (0, 0.5], got {self.prune_fraction}")
+        if self.reclustering_samples < 0:
+            raise ValueError(f"reclustering_samples must be >= 0, got {self.reclustering_samples}")
         if self.prototypes_per_speaker < 1:
             raise ValueError(f"prototypes_per_speaker must be >= 1, got {self.prototypes_per_speaker}")
         if self.min_cluster_windows < 1:
@@ -119,6 +126,7 @@ class ClustererState:
     prototype_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # (m,) windows each
     prototype_speakers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (m,)
     speakers: int = 0  # ids given out so far: 0 .. speakers - 1
+    since_reclustering: int = 0  # samples of speech since the buffer was last clustered again
     spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # buffer windows (n, 2)
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (n, 192)
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
@@ -130,6 +138,9 @@ class ClustererState:
     history_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (N, 192)
     history_utterance_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,)
     vad_probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # refine only
+
+
+_MIN_WINDOWS_TO_ASSIGN = 24  # fewer buffer windows (~18 s of speech): always cluster again (cheap, and the spread is unsure)
 
 
 class _GrowingArray:
@@ -206,6 +217,7 @@ class OnlineClusterer:
         self.config = config
         self._prototype_sums, self._prototype_weights = state.prototype_sums, state.prototype_weights
         self._prototype_speakers, self._speakers = state.prototype_speakers, state.speakers
+        self._since_reclustering = state.since_reclustering
         self._spans, self._vectors = state.spans, state.vectors
         self._labels, self._utterance_ids = state.labels, state.utterance_ids
         self._frozen_turns: list[SpeakerTurn] = list(state.frozen_turns)
@@ -231,12 +243,32 @@ class OnlineClusterer:
             self._history_vectors.append(new_vectors)
             self._history_utterances.append(utterance)
             return []
+        assigned = self._assign(new_vectors)
+        self._since_reclustering += int(new_spans[-1, 1] - new_spans[0, 0])
         self._spans = np.vstack([self._spans, new_spans])
         self._vectors = np.vstack([self._vectors, new_vectors])
         self._utterance_ids = np.concatenate([self._utterance_ids, utterance])
-        self._labels = self._relabel(np.concatenate([self._labels, np.full(len(new_vectors), -1)]))
+        if assigned is None or self._since_reclustering >= cfg.reclustering_samples:
+            self._labels = self._relabel(np.concatenate([self._labels, np.full(len(new_vectors), -1)]))
+            self._since_reclustering = 0
+        else:
+            self._labels = np.concatenate([self._labels, _smooth(assigned)])
         self._evict()
         return [self._view(final=False)]
+
+    def _assign(self, vectors: np.ndarray) -> np.ndarray | None:
+        """The cheap path between re-clusterings: each new window ``(m, 192)`` joins its most similar
+        speaker centroid, unless one of them fits worse than 90 % of the buffer's windows fit their own
+        speaker (a possible new voice: then ``None``, and the caller re-clusters). The yardstick is
+        this session's own spread, so it holds on any channel."""
+        if not self._speakers or len(self._labels) < _MIN_WINDOWS_TO_ASSIGN:
+            return None
+        centroids = self._centroids()  # (speakers, 192)
+        fit = np.sum(normalise(self._vectors) * centroids[self._labels], axis=1)  # buffer windows, own speaker
+        sims = normalise(vectors) @ centroids.T  # (m, speakers)
+        if sims.max(axis=1).min() < np.percentile(fit, 10):
+            return None
+        return np.argmax(sims, axis=1).astype(np.int64)
 
     def _relabel(self, previous: np.ndarray) -> np.ndarray:
         """Cluster buffer windows and prototypes together; give each cluster a speaker id.
@@ -359,6 +391,6 @@ class OnlineClusterer:
         spans, vectors = self._history_spans.view().copy(), self._history_vectors.view().copy()
         utterance_ids, vad = self._history_utterances.view().copy(), self._vad.view().copy()
         return ClustererState(self._prototype_sums, self._prototype_weights, self._prototype_speakers,
-                              self._speakers, self._spans, self._vectors, self._labels, self._utterance_ids,
+                              self._speakers, self._since_reclustering, self._spans, self._vectors, self._labels, self._utterance_ids,
                               tuple(self._frozen_turns), self._utterances, self._end_sample, spans, vectors,
                               utterance_ids, vad)

@@ -44,8 +44,10 @@ def _run(config: OnlineClustererConfig, utterances: list[UtteranceEmbeddings]): 
 
 
 def test_no_hard_cap_on_speakers() -> None:
+    """Twelve voices, each heard for 3.75 s a minute: enough windows in the buffer to be a cluster of its
+    own (speakers with fewer than ``min_cluster_windows`` windows are folded into their nearest one)."""
     centres = _speakers(12)
-    utterances = [_utterance(5.0 * i, centres[i % 12], seed=i) for i in range(36)]
+    utterances = [_utterance(5.0 * i, centres[i % 12], windows=4, seed=i) for i in range(36)]  # 3.75 s turns
     final = _run(OnlineClustererConfig(), utterances)[-1]
     assert final.num_speakers == 12
     assert [t.speaker for t in final.turns][:12] == list(range(12))  # numbered by first appearance
