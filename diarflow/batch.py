@@ -183,7 +183,7 @@ def batch_command(args: Any) -> int:
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     try:
         options = BatchOptions(args.num_speakers, args.min_speakers, args.max_speakers, formats,
-                               args.model_dir)
+                               args.model_dir, merge_similarity=args.merge_similarity)
         report = run_batch(args.inputs, args.out, options, engine=args.engine, workers=args.workers,
                            ray_address=args.ray_address)
     except (BatchError, ValueError) as exc:
@@ -228,6 +228,10 @@ def add_batch_arguments(parser: Any) -> None:
                         help="at least N speakers per file (default: estimated from the audio)")
     parser.add_argument("--max-speakers", type=count_from_text, metavar="N",
                         help="at most N speakers per file (default: no limit)")
+    from diarflow.cli import similarity  # the same argument type as ``diarize --merge-similarity``
+
+    parser.add_argument("--merge-similarity", type=similarity, metavar="X",
+                        help="clustering sensitivity, as for `diarflow diarize` (lower merges more speakers)")
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="local: a process pool on this machine (default); ray: Ray Data actors")
     parser.add_argument("--ray-address", default=None, metavar="ADDR",

@@ -65,7 +65,8 @@ def process_file(item: BatchItem, options: BatchOptions, resources: Any = None) 
             if not local.is_file():
                 raise FileNotFoundError(f"file not found: {item.path}")
         result = diarize(local, num_speakers=options.num_speakers, min_speakers=options.min_speakers,
-                         max_speakers=options.max_speakers, resources=resources, uri=item.uri)
+                         max_speakers=options.max_speakers, merge_similarity=options.merge_similarity,
+                         resources=resources, uri=item.uri)
     except (AudioDecodeError, FileNotFoundError, _DownloadError, ValueError, OSError) as exc:
         message = str(exc).replace(str(scratch.name) + "/input", item.path) if scratch else str(exc)
         return FileOutcome.failed(item, message, time.perf_counter() - started)

@@ -64,6 +64,8 @@ class BatchOptions:
         Model cache on the workers; ``None``: their ``$DIARFLOW_MODEL_DIR`` or ``~/.cache/diarflow/models``.
     url_timeout_s
         Socket timeout for downloading an input URL, seconds (> 0).
+    merge_similarity
+        The clustering's sensitivity (``OnlineClustererConfig.merge_similarity``); ``None``: its default.
     """
 
     num_speakers: int | None = None
@@ -72,9 +74,12 @@ class BatchOptions:
     formats: tuple[str, ...] = FORMATS
     model_dir: str | None = None
     url_timeout_s: float = 60.0
+    merge_similarity: float | None = None
 
     def __post_init__(self) -> None:
         SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)  # SpeakerCountError if invalid
+        if self.merge_similarity is not None and not -1.0 < self.merge_similarity <= 1.0:
+            raise ValueError(f"merge_similarity must lie in (-1, 1], got {self.merge_similarity}")
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown or not self.formats:
             raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}; "

@@ -232,3 +232,16 @@ def test_only_one_module_imports_ray() -> None:
                             "diarflow.servers.jobs.runner; print('ray' in sys.modules)"],
                            capture_output=True, text=True, timeout=60)
     assert fresh.stdout.strip() == "False", fresh.stderr
+
+
+def test_merge_similarity_reaches_the_engine(speech_clips: dict[str, DevItem], resources: Resources) -> None:
+    from diarflow.batch import BatchItem, process_file
+
+    clip = speech_clips["three_speakers"].audio_path
+    item = BatchItem(uri="three", path=str(clip))
+    default = process_file(item, BatchOptions(formats=("rttm",)), resources)
+    merged = process_file(item, BatchOptions(formats=("rttm",), merge_similarity=-0.9), resources)
+    assert default.status == merged.status == "ok"
+    assert default.speakers == 3 and merged.speakers == 1
+    with pytest.raises(ValueError, match="merge_similarity"):
+        BatchOptions(merge_similarity=1.5)
