@@ -7,6 +7,7 @@ Nothing here is used by the library at run time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import json
 import os
@@ -142,9 +143,15 @@ class ServerProcess:
 
 
 class ServerThread:
-    """The real app on 127.0.0.1 (an ephemeral port), served by its own event loop in a thread."""
+    """The real app on 127.0.0.1 (a free port), served by its own event loop in a thread.
+
+    The port is chosen before the app is built, so that the app knows its own URL: job workers fetch
+    uploads through it (``ServerSettings.base_url``).
+    """
 
     def __init__(self, settings: Any) -> None:
+        if getattr(settings, "port", 0) == 0:
+            settings = dataclasses.replace(settings, host="127.0.0.1", port=free_port())
         self.settings = settings
         self.loop = asyncio.new_event_loop()
         self.runner: web.AppRunner | None = None
@@ -163,7 +170,7 @@ class ServerThread:
         self.runner = web.AppRunner(make_app(self.settings), handle_signals=False, shutdown_timeout=5.0,
                                     access_log_class=RedactingAccessLogger)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.settings.port)
         await site.start()
         self.port = int(self.runner.addresses[0][1])
 
