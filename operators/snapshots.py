@@ -1,20 +1,30 @@
-"""``SnapshotEmitter``: the full result after each closed utterance, speakers numbered by first appearance."""
+"""``SnapshotEmitter``: the full result after each closed utterance, speakers numbered by first appearance.
+
+Besides numbering, it states what a client may rely on: the settled horizon (non-decreasing; the audio's
+end in the final snapshot) and how much already-reported speech changed speaker since the last snapshot.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
 
 from .clustering import SpeakerTurns
 from .messages import Snapshot, SpeakerTurn
 
-__all__ = ["SnapshotEmitter", "SnapshotEmitterConfig", "SnapshotEmitterState"]
+__all__ = ["SnapshotEmitter", "SnapshotEmitterConfig", "SnapshotEmitterState", "relabelled_samples"]
 
 
 @dataclass(frozen=True)
 class SnapshotEmitterState:
     frozen_order: tuple[int, ...] = ()  # internal speaker ids in order of first appearance in frozen turns
     frozen_seen: int = 0  # frozen turns already scanned
+    # live turns of the last snapshot as (start_sample, end_sample, public speaker) rows, (n, 3)
+    reported: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    settled_until_sample: int = 0
+    audio_end_sample: int = 0  # the latest watermark: how much audio the graph has seen
 
 
 @dataclass(frozen=True)
@@ -28,12 +38,59 @@ class SnapshotEmitterConfig:
         return SnapshotEmitter(state or SnapshotEmitterState())
 
 
+def _union_samples(starts: np.ndarray, ends: np.ndarray) -> int:
+    """Length of the union of half-open spans ``[starts[i], ends[i])``."""
+    total, reach = 0, None
+    for a, b in sorted(zip(starts.tolist(), ends.tolist())):
+        if b <= a:
+            continue
+        if reach is None or a >= reach:
+            total += b - a
+            reach = b
+        elif b > reach:
+            total += b - reach
+            reach = b
+    return total
+
+
+def relabelled_samples(previous: np.ndarray, current: np.ndarray) -> int:
+    """Samples of ``previous`` turns now covered by ``current`` turns of another speaker only.
+
+    Parameters
+    ----------
+    previous, current
+        int ``(n, 3)`` / ``(m, 3)`` rows ``(start_sample, end_sample, speaker)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> relabelled_samples(np.array([[0, 100, 0]]), np.array([[0, 40, 0], [40, 100, 1]]))
+    60
+    """
+    changed = 0
+    for a, b, speaker in previous.tolist():
+        overlap = current[(current[:, 0] < b) & (current[:, 1] > a)]
+        if not len(overlap):
+            continue
+        starts, ends = np.maximum(overlap[:, 0], a), np.minimum(overlap[:, 1], b)
+        same = overlap[:, 2] == speaker
+        changed += _union_samples(starts, ends) - _union_samples(starts[same], ends[same])
+    return changed
+
+
+def _rows(turns: Sequence[SpeakerTurn], numbers: Mapping[int, int]) -> np.ndarray:
+    return np.array([(t.start_sample, t.end_sample, numbers[t.speaker]) for t in turns], np.int64).reshape(-1, 3)
+
+
 class SnapshotEmitter:
     """Numbers speakers by first appearance; scans frozen turns once (O(new turns) per snapshot)."""
 
     def __init__(self, state: SnapshotEmitterState) -> None:
         self._order: dict[int, int] = {speaker: i for i, speaker in enumerate(state.frozen_order)}
         self._seen = state.frozen_seen
+        self._reported = state.reported
+        self._settled = state.settled_until_sample
+        self._audio_end = state.audio_end_sample
 
     @staticmethod
     def _extend(order: dict[int, int], turns: Sequence[SpeakerTurn]) -> None:
@@ -43,19 +100,28 @@ class SnapshotEmitter:
 
     def on_item(self, item: SpeakerTurns) -> Sequence[Snapshot]:
         if item.frozen_count < self._seen:  # a re-labelled history (offline refinement): start over
-            self._order, self._seen = {}, 0
-        self._extend(self._order, item.frozen[self._seen: item.frozen_count])
+            self._order, self._seen, self._reported = {}, 0, np.zeros((0, 3), np.int64)
+        newly_frozen = item.frozen[self._seen: item.frozen_count]
+        self._extend(self._order, newly_frozen)
         self._seen = item.frozen_count
         numbers = dict(self._order)
         self._extend(numbers, item.live)
+        current = _rows([*newly_frozen, *item.live], numbers)
+        relabelled = relabelled_samples(self._reported, current)
+        self._reported = _rows(item.live, numbers)
+        settled = max(item.end_sample, self._audio_end) if item.final else item.settled_until_sample
+        self._settled = max(self._settled, settled)
         return [Snapshot(item.frozen, item.frozen_count, item.live, numbers, item.utterances, item.end_sample,
-                         item.final, item.warnings, item.frame_confidence, item.centroids)]
+                         item.final, item.warnings, item.frame_confidence, item.centroids,
+                         settled_until_sample=self._settled, relabelled_samples=relabelled)]
 
     def on_watermark(self, sample: int) -> Sequence[Snapshot]:
+        self._audio_end = max(self._audio_end, sample)
         return []
 
     def on_eof(self) -> Sequence[Snapshot]:
         return []
 
     def checkpoint(self) -> SnapshotEmitterState:
-        return SnapshotEmitterState(tuple(sorted(self._order, key=self._order.__getitem__)), self._seen)
+        return SnapshotEmitterState(tuple(sorted(self._order, key=self._order.__getitem__)), self._seen,
+                                    self._reported.copy(), self._settled, self._audio_end)

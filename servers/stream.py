@@ -105,7 +105,13 @@ def _seconds(sample: int) -> float:
     return round(sample / SAMPLE_RATE, 2)
 
 
-def snapshot_message(kind: str, session_id: str, snapshot: Snapshot, chunks: int, pipeline_ms: float) -> dict[str, Any]:
+def _seconds_floor(sample: int) -> float:
+    """Seconds rounded down to 10 ms: a horizon must never move past the sample it stands for."""
+    return (sample // (SAMPLE_RATE // 100)) / 100
+
+
+def snapshot_message(kind: str, session_id: str, snapshot: Snapshot, chunks: int, pipeline_ms: float,
+                     names: Mapping[int, tuple[str, int]] | None = None) -> dict[str, Any]:
     """The ``partial_result`` / ``final_result`` body for one engine snapshot (a full snapshot, not a delta).
 
     Parameters
@@ -120,13 +126,28 @@ def snapshot_message(kind: str, session_id: str, snapshot: Snapshot, chunks: int
         Binary frames received up to and including the one that produced ``snapshot``.
     pipeline_ms
         Compute time of the push (or close) that produced ``snapshot``, in milliseconds.
+    names
+        Public speaker number -> (label, score 0-100) of the speakers matched to known voiceprints.
     """
+    names = names or {}
     turns = sorted(snapshot.turns, key=lambda t: (t.start_sample, t.end_sample))
-    segments = [{"start_time": _seconds(t.start_sample), "end_time": _seconds(t.end_sample),
-                 "speaker_id": int(t.speaker), "text": ""} for t in turns]
-    return {"type": kind, "session_id": session_id, "data": {"segments": segments},
+    segments = []
+    for t in turns:
+        segment: dict[str, Any] = {"start_time": _seconds(t.start_sample), "end_time": _seconds(t.end_sample),
+                                   "speaker_id": int(t.speaker), "text": "",
+                                   "confidence": int(round(100 * t.confidence))}
+        if t.speaker in names:
+            segment["label"] = names[t.speaker][0]
+        segments.append(segment)
+    speakers = [{"speaker_id": k, "label": names[k][0] if k in names else None,
+                 "score": names[k][1] if k in names else None}
+                for k in sorted({int(t.speaker) for t in turns})]
+    return {"type": kind, "session_id": session_id,
+            "data": {"segments": segments, "speakers": speakers,
+                     "final_until": _seconds_floor(snapshot.settled_until_sample)},
             "stats": {"utterances": int(snapshot.utterances), "chunks": chunks,
-                      "pipeline_ms": round(pipeline_ms, 1)}}
+                      "pipeline_ms": round(pipeline_ms, 1),
+                      "relabelled_s": round(snapshot.relabelled_samples / SAMPLE_RATE, 2)}}
 
 
 def _step_and_render(step: Callable[[], list[Any]], kind: str, session_id: str, chunks: int) -> list[str]:
@@ -326,8 +347,9 @@ class _Connection:
                                                              self.session_id, self.frames))
         # the engine always emits a final snapshot; should it not, the client still gets a terminal message
         body: str | dict[str, Any] = texts[-1] if texts else {
-            "type": "final_result", "session_id": self.session_id, "data": {"segments": []},
-            "stats": {"utterances": 0, "chunks": self.frames, "pipeline_ms": 0.0}}
+            "type": "final_result", "session_id": self.session_id,
+            "data": {"segments": [], "speakers": [], "final_until": _seconds_floor(self.samples)},
+            "stats": {"utterances": 0, "chunks": self.frames, "pipeline_ms": 0.0, "relabelled_s": 0.0}}
         if not reason:  # the client said close; the server-side ends (limit, idle) expect more audio
             await self._reject_late_messages()
         await self.send(body)

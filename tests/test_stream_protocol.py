@@ -69,8 +69,12 @@ def check_snapshot(body: dict[str, Any], session_id: str, kind: str, frames_sent
     starts = [s["start_time"] for s in segments]
     assert starts == sorted(starts)
     first_seen: list[int] = []
+    assert isinstance(body["data"]["final_until"], float) and body["stats"]["relabelled_s"] >= 0
+    assert [s["speaker_id"] for s in body["data"]["speakers"]] == sorted({s["speaker_id"] for s in segments})
     for seg in segments:
-        assert set(seg) == {"start_time", "end_time", "speaker_id", "text"} and seg["text"] == ""
+        assert {"start_time", "end_time", "speaker_id", "text", "confidence"} <= set(seg) <= {
+            "start_time", "end_time", "speaker_id", "text", "confidence", "label"} and seg["text"] == ""
+        assert 0 <= seg["confidence"] <= 100
         assert isinstance(seg["speaker_id"], int) and seg["speaker_id"] >= 0
         for t in (seg["start_time"], seg["end_time"]):
             assert abs(t * 100 - round(t * 100)) < 1e-6, f"{t} is not rounded to 10 ms"
@@ -79,7 +83,7 @@ def check_snapshot(body: dict[str, Any], session_id: str, kind: str, frames_sent
             first_seen.append(seg["speaker_id"])
     assert first_seen == list(range(len(first_seen))), "speakers not numbered by first appearance"
     stats = body["stats"]
-    assert set(stats) == {"utterances", "chunks", "pipeline_ms"}
+    assert set(stats) == {"utterances", "chunks", "pipeline_ms", "relabelled_s"}
     assert 1 <= stats["chunks"] <= frames_sent and stats["pipeline_ms"] >= 0
 
 

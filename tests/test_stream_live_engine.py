@@ -1,0 +1,54 @@
+"""Protocol v1.1 facts that the engine states about itself: the settled horizon, relabelling, live confidence.
+
+Real models on real speech, through the streaming driver (no server): the horizon is the clusterer's, so a
+short rolling buffer (20 s) makes turns freeze inside a one-minute clip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from diarflow.dataflow import StreamingSession
+from diarflow.operators.messages import PcmBytes, Snapshot
+from diarflow.operators.models import Resources
+from diarflow.operators.pipeline import PipelineConfig, build_graph
+from diarflow.operators.snapshots import relabelled_samples
+from diarflow.servers.stream_client import file_frames
+from diarflow.testing.evaluation import DevItem
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_relabelled_samples_counts_speech_that_changed_speaker() -> None:
+    previous = np.array([[0, 100, 0], [100, 200, 1]])
+    assert relabelled_samples(previous, previous) == 0
+    assert relabelled_samples(previous, np.array([[0, 200, 0]])) == 100  # speaker 1 became speaker 0
+    assert relabelled_samples(previous, np.array([[0, 50, 1], [50, 200, 1]])) == 100
+    assert relabelled_samples(previous, np.zeros((0, 3), np.int64)) == 0  # dropped, not relabelled
+
+
+def test_settled_horizon_never_moves_back_and_nothing_before_it_changes(
+        resources: Resources, speech_clips: dict[str, DevItem]) -> None:
+    cfg = PipelineConfig()
+    graph = build_graph(replace(cfg, clustering=replace(cfg.clustering, retention_samples=20 * 16000)))
+    session = StreamingSession(graph, resources)
+    frames = file_frames(speech_clips["two_speakers"].audio_path)
+    snapshots: list[Snapshot] = []
+    for frame in frames:
+        snapshots.extend(m for m in session.push(PcmBytes(frame)) if isinstance(m, Snapshot))
+    snapshots.extend(m for m in session.close() if isinstance(m, Snapshot))
+    horizons = [s.settled_until_sample for s in snapshots]
+    assert horizons == sorted(horizons) and horizons[-2] > 0, "the 20 s buffer must freeze some turns"
+    assert horizons[-1] == sum(len(f) for f in frames) // 2, "final: settled up to the end of the audio"
+    later_views = [{(t.start_sample, t.end_sample, t.speaker) for t in s.turns} for s in snapshots]
+    for k, snapshot in enumerate(snapshots):
+        settled = {(t.start_sample, t.end_sample, t.speaker) for t in snapshot.turns
+                   if t.end_sample <= snapshot.settled_until_sample}
+        for later in later_views[k + 1:]:
+            assert settled <= later, f"a settled turn of snapshot {k} changed later"
+    assert all(s.relabelled_samples >= 0 for s in snapshots)
+    assert all(0.0 <= t.confidence <= 1.0 for s in snapshots for t in s.turns)
+    assert any(t.confidence < 1.0 for t in snapshots[3].turns), "live turns carry the engine's posterior"
