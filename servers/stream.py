@@ -17,17 +17,17 @@ import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Mapping, TypeVar
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
-from diarflow.dataflow import Graph, StreamingSession
-from diarflow.operators.messages import PcmBytes, Snapshot
-from diarflow.operators.pipeline import PipelineConfig, build_graph
+from diarflow.live import KnownSpeaker, LiveOptions, LiveSession
+from diarflow.operators.messages import Snapshot
 
 from diarflow.servers.auth import configured_api_keys, team_for_token
+from diarflow.servers.live_sessions import LiveRecord, ResumableSessions, new_resume_token
 from diarflow.servers.state import RESOURCES, SETTINGS, STREAM, ServerSettings
 
 __all__ = ["MAX_FRAME_BYTES", "StreamRegistry", "STREAM", "active_sessions", "snapshot_message", "setup_stream"]
@@ -39,8 +39,10 @@ MAX_FRAME_BYTES = 1 << 20
 STATIC_DIR = Path(__file__).parent / "static"
 START_FIELDS: Mapping[str, object] = {"sample_rate": 16000, "channels": 1, "sample_width": 2, "format": "pcm_s16le"}
 UNAUTHORIZED = 4401
+SESSION_NOT_FOUND = 4404
+RESUMED_ELSEWHERE = 4409
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 5.5: a control frame carries at most 125 bytes, 2 of them the code
-MAX_GRAPHS = 32
+MAX_TOKEN_CHARS = 256
 T = TypeVar("T")
 
 
@@ -55,24 +57,13 @@ class ProtocolError(Exception):
 
 @dataclass
 class StreamRegistry:
-    """Process-wide state of the endpoint: the compute pool, open sockets, graphs, live session count."""
+    """Process-wide state of the endpoint: the compute pool, open sockets, resumable sessions, live count."""
 
     pool: ThreadPoolExecutor
     api_keys: Mapping[str, str]
+    resumable: ResumableSessions
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
-    graphs: dict[tuple[int | None, int | None, int | None], Graph] = field(default_factory=dict)
     sessions: int = 0
-
-    def graph_for(self, num: int | None, low: int | None, high: int | None) -> Graph:
-        """The frozen graph for these speaker constraints (built once; ``ValueError`` if invalid)."""
-        key = (num, low, high)
-        if key not in self.graphs:
-            if len(self.graphs) >= MAX_GRAPHS:  # the key comes from clients: keep the cache bounded
-                self.graphs.pop(next(iter(self.graphs)))
-            cfg = PipelineConfig()
-            clustering = replace(cfg.clustering, num_speakers=num, min_speakers=low, max_speakers=high)
-            self.graphs[key] = build_graph(replace(cfg, clustering=clustering))
-        return self.graphs[key]
 
 
 def active_sessions(app: web.Application) -> int:
@@ -87,8 +78,20 @@ async def _stream_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.auth_enabled and not keys:
         log.warning("auth is enabled but no API keys are configured: every stream will be refused")
     pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="diarflow-stream")
-    app[STREAM] = StreamRegistry(pool=pool, api_keys=keys)
+    directory = settings.data_dir / "live" if settings.data_dir is not None else None
+    resumable = ResumableSessions(settings.resume_window_s, directory)
+    app[STREAM] = StreamRegistry(pool=pool, api_keys=keys, resumable=resumable)
+    resumable.sweep()  # files of sessions that expired while the server was down
+
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(min(1.0, settings.resume_window_s / 4))
+            resumable.sweep()
+
+    sweeper = asyncio.create_task(sweep_forever())
     yield
+    sweeper.cancel()
+    await asyncio.gather(sweeper, return_exceptions=True)
     pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -150,17 +153,33 @@ def snapshot_message(kind: str, session_id: str, snapshot: Snapshot, chunks: int
                       "relabelled_s": round(snapshot.relabelled_samples / SAMPLE_RATE, 2)}}
 
 
-def _step_and_render(step: Callable[[], list[Any]], kind: str, session_id: str, chunks: int) -> list[str]:
+def _step_and_render(session: LiveSession, step: Callable[[], list[Snapshot]], kind: str,
+                     session_id: str) -> list[str]:
     """Run one engine step and serialise the snapshots it emitted (on a worker thread).
 
     ``pipeline_ms`` is the step's own compute time (no queueing). Rendering happens here too, so a long
     session's large snapshots never hold up the event loop that serves every other connection.
     """
     started = time.perf_counter()
-    messages = step()
+    snapshots = step()
     ms = (time.perf_counter() - started) * 1000.0
-    return [json.dumps(snapshot_message(kind, session_id, m, chunks, ms), separators=(",", ":"))
-            for m in messages if isinstance(m, Snapshot)]
+    return [json.dumps(snapshot_message(kind, session_id, m, session.frames_received, ms, session.names(m)),
+                       separators=(",", ":")) for m in snapshots]
+
+
+def _repeat_message(session: LiveSession, session_id: str) -> str:
+    """The first message after a resume: the current snapshot again, as a ``partial_result``."""
+    snapshot = session.last_snapshot
+    if snapshot is None:
+        body: dict[str, Any] = {
+            "type": "partial_result", "session_id": session_id,
+            "data": {"segments": [], "speakers": [], "final_until": 0.0},
+            "stats": {"utterances": 0, "chunks": session.frames_received, "pipeline_ms": 0.0, "relabelled_s": 0.0}}
+    else:
+        body = snapshot_message("partial_result", session_id, snapshot, session.frames_received, 0.0,
+                                session.names(snapshot))
+        body["stats"]["relabelled_s"] = 0.0  # nothing moved since the client last saw it
+    return json.dumps(body, separators=(",", ":"))
 
 
 def _optional_count(body: Mapping[str, Any], name: str) -> int | None:
@@ -170,6 +189,34 @@ def _optional_count(body: Mapping[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {name} must be an integer >= 1, got {value!r}")
     return value
+
+
+def _known_speakers(value: Any) -> tuple[KnownSpeaker, ...]:
+    """``start.speakers``: a list of ``{"label", "voiceprint"}`` (validated by :class:`KnownSpeaker`)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError("speakers must be a list of {label, voiceprint} objects")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("label"), str) \
+                or not isinstance(item.get("voiceprint"), str):
+            raise ValueError(f"speakers[{i}] must be an object with string fields label and voiceprint")
+        try:
+            out.append(KnownSpeaker(item["label"], item["voiceprint"]))
+        except ValueError as exc:
+            raise ValueError(f"speakers[{i}]: {exc}") from None
+    return tuple(out)
+
+
+def start_options(body: Mapping[str, Any]) -> LiveOptions:
+    """The engine options a ``start`` message asks for; ``ProtocolError`` 1008 when they are invalid."""
+    counts = {n: _optional_count(body, n) for n in ("num_speakers", "min_speakers", "max_speakers")}
+    try:
+        return LiveOptions(**counts, merge_similarity=body.get("merge_similarity"),
+                           speakers=_known_speakers(body.get("speakers")))
+    except ValueError as exc:
+        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {exc}") from None
 
 
 def close_reason(text: str) -> bytes:
@@ -209,28 +256,36 @@ class ClientNotReading(Exception):
     """A message could not be handed to the client within ``send_timeout_s``: it stopped reading."""
 
 
+class _Displaced(Exception):
+    """Another connection resumed this connection's session: stop serving it."""
+
+
 class _Connection:
     """One connection's protocol state machine; only the handler task reads the socket.
 
     Activity is what the client sends (audio or a message): the WebSocket heartbeat keeps the
     connection alive but never the session, so a silent client is finalised after ``idle_timeout_s``
     whatever its pongs, and one that never sends ``start`` is closed after ``start_timeout_s``.
+    Engine calls hold the session record's lock and first check that this connection still owns the
+    session: a connection that was displaced by a resume never pushes audio into it again.
     """
 
     def __init__(self, ws: web.WebSocketResponse, registry: StreamRegistry, resources: Any,
-                 settings: ServerSettings) -> None:
+                 settings: ServerSettings, team: str | None) -> None:
         self.ws = ws
         self.registry = registry
         self.resources = resources
+        self.team = team
         self.idle_timeout_s = settings.idle_timeout_s
         self.start_timeout_s = settings.start_timeout_s
         self.send_timeout_s = settings.send_timeout_s
         self.max_samples = int(settings.max_session_s * SAMPLE_RATE)
-        self.session: StreamingSession | None = None
-        self.session_id = ""
-        self.frames = 0
-        self.samples = 0
+        self.record: LiveRecord | None = None
         self.last_activity_s = time.monotonic()
+
+    @property
+    def session_id(self) -> str:
+        return self.record.session_id if self.record is not None else ""
 
     async def _compute(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -258,7 +313,7 @@ class _Connection:
         The deadline runs from the client's last message, not from the last frame of any kind:
         aiohttp's own ``receive(timeout=...)`` restarts its wait after every pong.
         """
-        wait_s = self.idle_timeout_s if self.session is not None else self.start_timeout_s
+        wait_s = self.idle_timeout_s if self.record is not None else self.start_timeout_s
         remaining_s = self.last_activity_s + wait_s - time.monotonic()
         if remaining_s <= 0:
             return None
@@ -273,10 +328,16 @@ class _Connection:
 
     async def run(self) -> None:
         """Serve the connection until it ends; raises :class:`ProtocolError` on a contract breach."""
+        try:
+            await self._serve()
+        except _Displaced:
+            return
+
+    async def _serve(self) -> None:
         while not self.ws.closed:
             msg = await self._receive()
             if msg is None:
-                if self.session is None:
+                if self.record is None:
                     raise ProtocolError(WSCloseCode.POLICY_VIOLATION,
                                         f"no start message within {self.start_timeout_s:g} s")
                 await self._finish("idle timeout")
@@ -298,7 +359,7 @@ class _Connection:
                 return
 
     async def _on_start(self, body: Mapping[str, Any]) -> None:
-        if self.session is not None:
+        if self.record is not None:
             raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "a second start on the same connection")
         for name, expected in START_FIELDS.items():
             if name not in body:
@@ -307,49 +368,103 @@ class _Connection:
             if type(got) is not type(expected) or got != expected:
                 raise ProtocolError(WSCloseCode.POLICY_VIOLATION,
                                     f"start: {name} must be {expected!r}, got {got!r} (only 16 kHz mono s16le)")
-        counts = [_optional_count(body, n) for n in ("num_speakers", "min_speakers", "max_speakers")]
-        try:
-            graph = self.registry.graph_for(*counts)
-        except ValueError as exc:
-            raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {exc}") from None
+        options = start_options(body)
+        token = body.get("resume_token")
+        if token is not None and (not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS):
+            raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "start: resume_token must be a non-empty string")
         if self.resources is None:
             raise ProtocolError(WSCloseCode.INTERNAL_ERROR, "models are not loaded")
-        self.session = await self._compute(lambda: StreamingSession(graph, self.resources))
-        self.session_id = uuid.uuid4().hex
+        if token is not None:
+            await self._resume(token)
+            return
+        token = new_resume_token()
+        session = await self._compute(lambda: LiveSession(options, self.resources))
+        record = self.registry.resumable.add(token, uuid.uuid4().hex, self.team, session, owner=self)
+        self.record = record
         self.registry.sessions += 1
-        await self.send({"type": "ready", "session_id": self.session_id})
+        async with record.lock:
+            await self._compute(lambda: self.registry.resumable.persist(record))
+        await self.send({"type": "ready", "session_id": record.session_id, "resume_token": token,
+                         "resumed": False, "audio_received_s": 0.0})
+
+    async def _resume(self, token: str) -> None:
+        """Take over the session of ``token``: from memory, else from its persisted checkpoint."""
+        resumable = self.registry.resumable
+        record = resumable.find(token, self.team)
+        if record is None:
+            checkpoint = await self._compute(lambda: resumable.load(token, self.team))
+            record = resumable.find(token, self.team)  # it may have been restored meanwhile
+            if record is None and checkpoint is not None:
+                restored = checkpoint
+                session = await self._compute(lambda: LiveSession(restored.options, self.resources, restored))
+                record = resumable.find(token, self.team) or resumable.adopt(token, session, owner=None)
+        if record is None or record.session.closed:
+            raise ProtocolError(SESSION_NOT_FOUND, "session not found or expired")
+        previous, record.owner = record.owner, self
+        record.expires_at = float("inf")
+        self.record = record
+        self.registry.sessions += 1
+        if isinstance(previous, _Connection):
+            await previous.displace()
+        async with record.lock:  # any push of the previous connection has finished
+            session = record.session
+            await self.send({"type": "ready", "session_id": record.session_id, "resume_token": token,
+                             "resumed": True, "audio_received_s": session.samples_received / SAMPLE_RATE})
+            await self.send(_repeat_message(session, record.session_id))
+
+    async def displace(self) -> None:
+        """Another connection resumed this session: tell this client, close 4409."""
+        self.record = None
+        self.registry.sessions -= 1
+        detail = "session resumed elsewhere"
+        try:
+            await self.send({"type": "error", "detail": detail})
+        except (ConnectionError, ClientNotReading):
+            pass
+        await self.ws.close(code=RESUMED_ELSEWHERE, message=detail.encode())
+
+    def _owned(self) -> LiveRecord:
+        record = self.record
+        if record is None or record.owner is not self:
+            raise _Displaced()
+        return record
 
     async def _on_audio(self, payload: bytes) -> bool:
         """Push one frame; returns ``True`` once the session length limit is reached."""
-        if self.session is None:
+        if self.record is None:
             raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "binary audio before start")
         if not payload or len(payload) % 2:
             raise ProtocolError(WSCloseCode.UNSUPPORTED_DATA,
                                 f"audio frame must be a non-empty even number of bytes, got {len(payload)}")
-        self.frames += 1
-        room = self.max_samples - self.samples
-        payload = payload[: 2 * room]
-        self.samples += len(payload) // 2
-        if payload:
-            session, item = self.session, PcmBytes(payload)
-            texts = await self._compute(lambda: _step_and_render(lambda: session.push(item), "partial_result",
-                                                                 self.session_id, self.frames))
+        record = self.record
+        async with record.lock:
+            self._owned()
+            session = record.session
+            payload = payload[: 2 * max(0, self.max_samples - session.samples_received)]
+            texts = await self._compute(lambda: _step_and_render(session, lambda: session.push(payload),
+                                                                 "partial_result", record.session_id))
             for text in texts:
                 await self.send(text)
-        return self.samples >= self.max_samples
+            if texts:  # after the client has it: the write is never on the latency path
+                await self._compute(lambda: self.registry.resumable.persist(record))
+            return session.samples_received >= self.max_samples
 
     async def _finish(self, reason: str) -> None:
         """Flush the session, send ``final_result`` and close 1000 (no session yet: just close)."""
-        session = self.session
-        if session is None:
+        if self.record is None:
             raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "close before start")
-        texts = await self._compute(lambda: _step_and_render(session.close, "final_result",
-                                                             self.session_id, self.frames))
+        record = self.record
+        async with record.lock:
+            self._owned()
+            session = record.session
+            texts = await self._compute(lambda: _step_and_render(session, session.close, "final_result",
+                                                                 record.session_id))
+            self.registry.resumable.finish(record)  # a finished session cannot be resumed
         # the engine always emits a final snapshot; should it not, the client still gets a terminal message
         body: str | dict[str, Any] = texts[-1] if texts else {
-            "type": "final_result", "session_id": self.session_id,
-            "data": {"segments": [], "speakers": [], "final_until": _seconds_floor(self.samples)},
-            "stats": {"utterances": 0, "chunks": self.frames, "pipeline_ms": 0.0, "relabelled_s": 0.0}}
+            "type": "final_result", "session_id": record.session_id,
+            "data": {"segments": [], "speakers": [], "final_until": session.samples_received / SAMPLE_RATE},
+            "stats": {"utterances": 0, "chunks": session.frames_received, "pipeline_ms": 0.0, "relabelled_s": 0.0}}
         if not reason:  # the client said close; the server-side ends (limit, idle) expect more audio
             await self._reject_late_messages()
         await self.send(body)
@@ -395,37 +510,44 @@ def _over_capacity(registry: StreamRegistry, settings: ServerSettings) -> Protoc
 
 
 async def stream_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /diarize/stream``: upgrade to a WebSocket and run protocol v1 on it."""
+    """``GET /diarize/stream``: upgrade to a WebSocket and run protocol v1.1 on it."""
     app = request.app
     settings = app[SETTINGS]
     registry = app[STREAM]
     # aiohttp rejects a frame of exactly max_msg_size bytes (before buffering it): +1 admits 1 MiB itself
     ws = _StreamSocket(heartbeat=settings.heartbeat_s, max_msg_size=MAX_FRAME_BYTES + 1)
     await ws.prepare(request)
-    conn = _Connection(ws, registry, app.get(RESOURCES), settings)
+    team = team_for_token(request.query.get("token"), registry.api_keys) if settings.auth_enabled else None
+    conn = _Connection(ws, registry, app.get(RESOURCES), settings, team)
     busy = _over_capacity(registry, settings)
     registry.sockets.add(ws)
+    ended = False  # the session cannot continue (a contract breach or an engine failure): not resumable
     try:
         try:
             if busy is not None:
                 raise busy
-            if settings.auth_enabled and team_for_token(request.query.get("token"), registry.api_keys) is None:
+            if settings.auth_enabled and team is None:
                 raise ProtocolError(UNAUTHORIZED, "unauthorized")
             await conn.run()
         except ProtocolError as exc:
+            ended = True
             await _refuse(conn, exc)
     except ClientNotReading as exc:
         # nothing can reach this client any more (not even a close frame): drop the connection now
-        log.info("stream %s: client stopped reading (%s); session ended", conn.session_id or "-", exc)
+        log.info("stream %s: client stopped reading (%s); session parked", conn.session_id or "-", exc)
         if request.transport is not None:
             request.transport.abort()
     except ConnectionError:
-        log.info("stream %s: client went away", conn.session_id or "-")
+        log.info("stream %s: client went away; session parked", conn.session_id or "-")
     finally:
         registry.sockets.discard(ws)
-        if conn.session is not None:
+        record, conn.record = conn.record, None  # drop the reference now, not when the request object goes
+        if record is not None:
             registry.sessions -= 1
-            conn.session = None  # drop the session state now, not when the request object goes
+            if ended:
+                registry.resumable.finish(record)
+            else:  # a drop: the client may resume within the window (no-op once finished)
+                registry.resumable.release(record, conn)
     return ws
 
 

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from diarflow.dataflow import StreamingSession
+from diarflow.live import LiveSession
 from diarflow.testing.evaluation import DevItem
 from diarflow.models import ModelPaths
 from diarflow.operators.messages import PcmBytes, Snapshot
@@ -178,11 +179,11 @@ async def test_bad_input_closes_with_its_code(server: ServerThread, name: str, m
 
 
 async def test_inference_failure_is_1011(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
-    class FailingSession(StreamingSession):
-        def push(self, item: Any) -> list[Any]:
+    class FailingSession(LiveSession):
+        def push(self, payload: bytes) -> list[Any]:
             raise RuntimeError("model crashed")
 
-    monkeypatch.setattr(stream_module, "StreamingSession", FailingSession)
+    monkeypatch.setattr(stream_module, "LiveSession", FailingSession)
     outcome = await short_session(server.url)
     assert outcome.close_code == 1011 and outcome.error is not None
     assert "inference failed" in outcome.error["detail"]
@@ -342,13 +343,13 @@ def test_stream_command_retries_internal_errors(server: ServerThread, clip_path:
 
     failures = [True]  # the first session fails, the retry succeeds
 
-    class FlakySession(StreamingSession):
-        def push(self, item: Any) -> list[Any]:
+    class FlakySession(LiveSession):
+        def push(self, payload: bytes) -> list[Any]:
             if failures and failures.pop():
                 raise RuntimeError("transient")
-            return super().push(item)
+            return super().push(payload)
 
-    monkeypatch.setattr(stream_module, "StreamingSession", FlakySession)
+    monkeypatch.setattr(stream_module, "LiveSession", FlakySession)
     monkeypatch.setattr(stream_client, "RETRY_BASE_S", 0.01)
     assert main(["stream", str(clip_path), "--url", server.url]) == 0
     out = capsys.readouterr().out
