@@ -151,7 +151,8 @@ class ResumableSessions:
         if self.directory is None:
             return
         held = set(self._records)
-        for path in self.directory.glob(f"*{CHECKPOINT_SUFFIX}"):
+        # temporary files are leftovers of a write a kill interrupted; checkpoints are named by key
+        for path in [*self.directory.glob(f"*{CHECKPOINT_SUFFIX}"), *self.directory.glob(".*.tmp")]:
             try:
                 if path.stem not in held and time.time() - path.stat().st_mtime > self.window_s:
                     path.unlink(missing_ok=True)
