@@ -1,11 +1,13 @@
-"""``WS /diarize/stream`` (protocol v1) and the "try it" page: translate frames into StreamingSession calls.
+"""``WS /diarize/stream`` (protocol v1.1) and the "try it" page: translate frames into LiveSession calls.
 
 The contract is ``shared/specs/stream-protocol.md``; the server's own limits (idle and start timeouts, slow
-readers, the live-session cap and its close code 1013) are in ``docs/stream-session-limits.md``. One :class:`StreamingSession` per connection; the
+readers, the live-session cap and its close code 1013) are in ``docs/stream-session-limits.md``. One :class:`~diarflow.live.LiveSession` per session; the
 models in ``app[RESOURCES]`` are shared. ``session.push`` is CPU-bound, so it runs on a thread pool
 sized to the cores, one push in flight per session: the handler awaits each push before it reads the
 next frame, which is also the back-pressure (a client sending faster than compute stops being read,
-and aiohttp stops reading its socket once its small frame queue is full).
+and aiohttp stops reading its socket once its small frame queue is full). Sessions outlive their
+connection for the resume window (``servers/live_sessions.py``); message shapes are in
+``servers/stream_messages.py``.
 """
 
 from __future__ import annotations
@@ -23,12 +25,21 @@ from typing import Any, AsyncIterator, Callable, Mapping, TypeVar
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
-from diarflow.live import KnownSpeaker, LiveOptions, LiveSession
-from diarflow.operators.messages import Snapshot
+from diarflow.live import LiveSession
 
 from diarflow.servers.auth import configured_api_keys, team_for_token
 from diarflow.servers.live_sessions import LiveRecord, ResumableSessions, new_resume_token
 from diarflow.servers.state import RESOURCES, SETTINGS, STREAM, ServerSettings
+from diarflow.servers.stream_messages import (
+    START_FIELDS,
+    ProtocolError,
+    close_reason,
+    parse_text,
+    repeat_message,
+    snapshot_message,
+    start_options,
+    step_and_render,
+)
 
 __all__ = ["MAX_FRAME_BYTES", "StreamRegistry", "STREAM", "active_sessions", "snapshot_message", "setup_stream"]
 
@@ -37,22 +48,11 @@ log = logging.getLogger("diarflow.server.stream")
 SAMPLE_RATE = 16000
 MAX_FRAME_BYTES = 1 << 20
 STATIC_DIR = Path(__file__).parent / "static"
-START_FIELDS: Mapping[str, object] = {"sample_rate": 16000, "channels": 1, "sample_width": 2, "format": "pcm_s16le"}
 UNAUTHORIZED = 4401
 SESSION_NOT_FOUND = 4404
 RESUMED_ELSEWHERE = 4409
-MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 5.5: a control frame carries at most 125 bytes, 2 of them the code
 MAX_TOKEN_CHARS = 256
 T = TypeVar("T")
-
-
-class ProtocolError(Exception):
-    """A client broke the contract: ``detail`` goes into the ``error`` message, ``code`` closes the socket."""
-
-    def __init__(self, code: int, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 @dataclass
@@ -102,142 +102,6 @@ async def _close_sockets(app: web.Application) -> None:
     sockets = list(app[STREAM].sockets)
     await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in sockets),
                          return_exceptions=True)
-
-
-def _seconds(sample: int) -> float:
-    return round(sample / SAMPLE_RATE, 2)
-
-
-def _seconds_floor(sample: int) -> float:
-    """Seconds rounded down to 10 ms: a horizon must never move past the sample it stands for."""
-    return (sample // (SAMPLE_RATE // 100)) / 100
-
-
-def snapshot_message(kind: str, session_id: str, snapshot: Snapshot, chunks: int, pipeline_ms: float,
-                     names: Mapping[int, tuple[str, int]] | None = None) -> dict[str, Any]:
-    """The ``partial_result`` / ``final_result`` body for one engine snapshot (a full snapshot, not a delta).
-
-    Parameters
-    ----------
-    kind
-        ``"partial_result"`` or ``"final_result"``.
-    session_id
-        32 lowercase hex digits.
-    snapshot
-        The engine's snapshot; its speakers are already numbered by first appearance.
-    chunks
-        Binary frames received up to and including the one that produced ``snapshot``.
-    pipeline_ms
-        Compute time of the push (or close) that produced ``snapshot``, in milliseconds.
-    names
-        Public speaker number -> (label, score 0-100) of the speakers matched to known voiceprints.
-    """
-    names = names or {}
-    turns = sorted(snapshot.turns, key=lambda t: (t.start_sample, t.end_sample))
-    segments = []
-    for t in turns:
-        segment: dict[str, Any] = {"start_time": _seconds(t.start_sample), "end_time": _seconds(t.end_sample),
-                                   "speaker_id": int(t.speaker), "text": "",
-                                   "confidence": int(round(100 * t.confidence))}
-        if t.speaker in names:
-            segment["label"] = names[t.speaker][0]
-        segments.append(segment)
-    speakers = [{"speaker_id": k, "label": names[k][0] if k in names else None,
-                 "score": names[k][1] if k in names else None}
-                for k in sorted({int(t.speaker) for t in turns})]
-    return {"type": kind, "session_id": session_id,
-            "data": {"segments": segments, "speakers": speakers,
-                     "final_until": _seconds_floor(snapshot.settled_until_sample)},
-            "stats": {"utterances": int(snapshot.utterances), "chunks": chunks,
-                      "pipeline_ms": round(pipeline_ms, 1),
-                      "relabelled_s": round(snapshot.relabelled_samples / SAMPLE_RATE, 2)}}
-
-
-def _step_and_render(session: LiveSession, step: Callable[[], list[Snapshot]], kind: str,
-                     session_id: str) -> list[str]:
-    """Run one engine step and serialise the snapshots it emitted (on a worker thread).
-
-    ``pipeline_ms`` is the step's own compute time (no queueing). Rendering happens here too, so a long
-    session's large snapshots never hold up the event loop that serves every other connection.
-    """
-    started = time.perf_counter()
-    snapshots = step()
-    ms = (time.perf_counter() - started) * 1000.0
-    return [json.dumps(snapshot_message(kind, session_id, m, session.frames_received, ms, session.names(m)),
-                       separators=(",", ":")) for m in snapshots]
-
-
-def _repeat_message(session: LiveSession, session_id: str) -> str:
-    """The first message after a resume: the current snapshot again, as a ``partial_result``."""
-    snapshot = session.last_snapshot
-    if snapshot is None:
-        body: dict[str, Any] = {
-            "type": "partial_result", "session_id": session_id,
-            "data": {"segments": [], "speakers": [], "final_until": 0.0},
-            "stats": {"utterances": 0, "chunks": session.frames_received, "pipeline_ms": 0.0, "relabelled_s": 0.0}}
-    else:
-        body = snapshot_message("partial_result", session_id, snapshot, session.frames_received, 0.0,
-                                session.names(snapshot))
-        body["stats"]["relabelled_s"] = 0.0  # nothing moved since the client last saw it
-    return json.dumps(body, separators=(",", ":"))
-
-
-def _optional_count(body: Mapping[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {name} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def _known_speakers(value: Any) -> tuple[KnownSpeaker, ...]:
-    """``start.speakers``: a list of ``{"label", "voiceprint"}`` (validated by :class:`KnownSpeaker`)."""
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ValueError("speakers must be a list of {label, voiceprint} objects")
-    out = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict) or not isinstance(item.get("label"), str) \
-                or not isinstance(item.get("voiceprint"), str):
-            raise ValueError(f"speakers[{i}] must be an object with string fields label and voiceprint")
-        try:
-            out.append(KnownSpeaker(item["label"], item["voiceprint"]))
-        except ValueError as exc:
-            raise ValueError(f"speakers[{i}]: {exc}") from None
-    return tuple(out)
-
-
-def start_options(body: Mapping[str, Any]) -> LiveOptions:
-    """The engine options a ``start`` message asks for; ``ProtocolError`` 1008 when they are invalid."""
-    counts = {n: _optional_count(body, n) for n in ("num_speakers", "min_speakers", "max_speakers")}
-    try:
-        return LiveOptions(**counts, merge_similarity=body.get("merge_similarity"),
-                           speakers=_known_speakers(body.get("speakers")))
-    except ValueError as exc:
-        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {exc}") from None
-
-
-def close_reason(text: str) -> bytes:
-    """``text`` as a close reason: UTF-8, cut at a character boundary within the 123-byte limit.
-
-    Examples
-    --------
-    >>> close_reason("é" * 100) == ("é" * 61).encode()
-    True
-    """
-    return text.encode("utf-8", "replace")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode()
-
-
-def _parse_text(data: str) -> dict[str, Any]:
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
-        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "text frame is not valid JSON (or nested too deeply)") from None
-    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
-        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, 'expected a JSON object with a string "type"')
-    return body
 
 
 class _StreamSocket(web.WebSocketResponse):
@@ -347,7 +211,7 @@ class _Connection:
                     await self._finish("session length limit")
                     return
             elif msg.type == WSMsgType.TEXT:
-                body = _parse_text(msg.data)
+                body = parse_text(msg.data)
                 if body["type"] == "start":
                     await self._on_start(body)
                 elif body["type"] == "close":
@@ -410,7 +274,7 @@ class _Connection:
             session = record.session
             await self.send({"type": "ready", "session_id": record.session_id, "resume_token": token,
                              "resumed": True, "audio_received_s": session.samples_received / SAMPLE_RATE})
-            await self.send(_repeat_message(session, record.session_id))
+            await self.send(repeat_message(session, record.session_id))
 
     async def displace(self) -> None:
         """Another connection resumed this session: tell this client, close 4409."""
@@ -441,7 +305,7 @@ class _Connection:
             self._owned()
             session = record.session
             payload = payload[: 2 * max(0, self.max_samples - session.samples_received)]
-            texts = await self._compute(lambda: _step_and_render(session, lambda: session.push(payload),
+            texts = await self._compute(lambda: step_and_render(session, lambda: session.push(payload),
                                                                  "partial_result", record.session_id))
             for text in texts:
                 await self.send(text)
@@ -457,7 +321,7 @@ class _Connection:
         async with record.lock:
             self._owned()
             session = record.session
-            texts = await self._compute(lambda: _step_and_render(session, session.close, "final_result",
+            texts = await self._compute(lambda: step_and_render(session, session.close, "final_result",
                                                                  record.session_id))
             self.registry.resumable.finish(record)  # a finished session cannot be resumed
         # the engine always emits a final snapshot; should it not, the client still gets a terminal message

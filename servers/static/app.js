@@ -489,5 +489,89 @@ function finish() {
   if (ws && sessionReady && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "close" }));
 }
 
+// ---------------------------------------------------------------- enrolment (job API voiceprint)
+// Record ~10 s of one person, upload it as a WAV through the presigned media, POST /v1/voiceprint, and keep
+// {label, voiceprint}: the next live session sends them in start.speakers and the server names that voice.
+
+const ENROL_SECONDS = 10;
+const enrolUi = { name: el("enrol-name"), button: el("enrol-btn"), status: el("enrol-status"), list: el("known") };
+
+function wavBlob(samples) {
+  const header = new DataView(new ArrayBuffer(44));
+  const text = (offset, value) => { for (let i = 0; i < value.length; i++) header.setUint8(offset + i, value.charCodeAt(i)); };
+  text(0, "RIFF"); header.setUint32(4, 36 + 2 * samples.length, true); text(8, "WAVE"); text(12, "fmt ");
+  header.setUint32(16, 16, true); header.setUint16(20, 1, true); header.setUint16(22, 1, true);
+  header.setUint32(24, 16000, true); header.setUint32(28, 32000, true); header.setUint16(32, 2, true);
+  header.setUint16(34, 16, true); text(36, "data"); header.setUint32(40, 2 * samples.length, true);
+  return new Blob([header.buffer, samples.buffer]);
+}
+
+async function recordSamples(seconds) {
+  await openMicrophone();
+  const frames = [];
+  let filled = 0;
+  await new Promise((resolve) => {
+    source = ctx.createMediaStreamSource(stream);
+    node = new AudioWorkletNode(ctx, "pcm-framer", { processorOptions: { frameSamples: FRAME_SAMPLES } });
+    node.port.onmessage = (e) => {
+      frames.push(new Int16Array(e.data));
+      filled += e.data.byteLength / 2;
+      if (filled >= seconds * 16000) resolve();
+    };
+    source.connect(node);
+  });
+  stopAudio();
+  const out = new Int16Array(filled);
+  let offset = 0;
+  for (const f of frames) { out.set(f, offset); offset += f.length; }
+  return out;
+}
+
+function renderKnown() {
+  enrolUi.list.replaceChildren(...knownSpeakers.map((k, i) => {
+    const li = document.createElement("li");
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "×";
+    remove.title = `Forget ${k.label}`;
+    remove.addEventListener("click", () => { knownSpeakers.splice(i, 1); renderKnown(); });
+    li.append(k.label, remove);
+    return li;
+  }));
+}
+
+async function enrol() {
+  const label = enrolUi.name.value.trim();
+  if (!label || knownSpeakers.some((k) => k.label === label)) {
+    enrolUi.status.textContent = label ? `${label} is already enrolled.` : "Type a name first.";
+    return;
+  }
+  enrolUi.button.disabled = ui.mic.disabled = true;
+  try {
+    enrolUi.status.textContent = `Recording ${ENROL_SECONDS} s: ${label}, please talk alone…`;
+    const samples = await recordSamples(ENROL_SECONDS);
+    enrolUi.status.textContent = "Making the voiceprint…";
+    const key = `media://try-it/${Date.now()}-voice`;
+    const { url } = await api("POST", "/v1/media/input", { url: key });
+    await putWithProgress(url, wavBlob(samples), () => {});
+    let job = await api("POST", "/v1/voiceprint", { url: key });
+    while (!["succeeded", "failed", "canceled"].includes(job.status)) {
+      await sleep(POLL_MS);
+      job = await api("GET", `/v1/jobs/${job.jobId}`);
+    }
+    if (job.status !== "succeeded") throw new Error(job.output && job.output.error ? job.output.error : `The job ended ${job.status}.`);
+    knownSpeakers.push({ label, voiceprint: job.output.voiceprint });
+    renderKnown();
+    enrolUi.name.value = "";
+    enrolUi.status.textContent = `${label} enrolled: start a live session to see the name on the timeline.`;
+  } catch (err) {
+    stopAudio();
+    enrolUi.status.textContent = `Enrolment failed: ${err && err.message ? err.message : err}`;
+  } finally {
+    enrolUi.button.disabled = ui.mic.disabled = false;
+  }
+}
+
+enrolUi.button.addEventListener("click", () => { if (!live) enrol(); });
 ui.mic.addEventListener("click", () => (live ? finish() : start()));
 showMode(location.hash === "#live" ? "live" : "file");
