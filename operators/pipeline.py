@@ -34,6 +34,12 @@ class PipelineConfig:
     clustering: OnlineClustererConfig = field(default_factory=OnlineClustererConfig)
     snapshots: SnapshotEmitterConfig = field(default_factory=SnapshotEmitterConfig)
 
+    def __post_init__(self) -> None:
+        settle = self.snapshots.settle_samples
+        if settle is not None and settle >= self.clustering.retention_samples:
+            raise ValueError(f"snapshots.settle_samples ({settle}) must be below clustering.retention_samples "
+                             f"({self.clustering.retention_samples}): output settles before speech leaves the buffer")
+
     def for_mode(self, mode: Literal["offline", "stream"]) -> PipelineConfig:
         """This config with the switches of a driver mode set: ``"offline"`` turns on shared embedding
         passes over whole utterances and the global re-clustering at end of input; ``"stream"``

@@ -30,10 +30,12 @@ def test_relabelled_samples_counts_speech_that_changed_speaker() -> None:
     assert relabelled_samples(previous, np.zeros((0, 3), np.int64)) == 0  # dropped, not relabelled
 
 
+@pytest.mark.parametrize("settle_samples", [None, 8 * 16000], ids=["clusterer horizon", "settled output 8 s"])
 def test_settled_horizon_never_moves_back_and_nothing_before_it_changes(
-        resources: Resources, speech_clips: dict[str, DevItem]) -> None:
+        resources: Resources, speech_clips: dict[str, DevItem], settle_samples: int | None) -> None:
     cfg = PipelineConfig()
-    graph = build_graph(replace(cfg, clustering=replace(cfg.clustering, retention_samples=20 * 16000)))
+    graph = build_graph(replace(cfg, clustering=replace(cfg.clustering, retention_samples=20 * 16000),
+                                snapshots=replace(cfg.snapshots, settle_samples=settle_samples)))
     session = StreamingSession(graph, resources)
     frames = file_frames(speech_clips["two_speakers"].audio_path)
     snapshots: list[Snapshot] = []
@@ -52,3 +54,6 @@ def test_settled_horizon_never_moves_back_and_nothing_before_it_changes(
     assert all(s.relabelled_samples >= 0 for s in snapshots)
     assert all(0.0 <= t.confidence <= 1.0 for s in snapshots for t in s.turns)
     assert any(t.confidence < 1.0 for t in snapshots[3].turns), "live turns carry the engine's posterior"
+    if settle_samples is not None:  # the horizon trails the edge by about the settle time, not the buffer
+        behind = [(s.end_sample - s.settled_until_sample) / 16000 for s in snapshots[:-1] if s.end_sample > 20 * 16000]
+        assert float(np.median(behind)) < 15.0

@@ -50,25 +50,43 @@ def _speech_samples(snapshot: Any) -> int:
     return total
 
 
-def stability(items: list[DevItem], resources: Any) -> None:
-    from diarflow.live import LiveOptions, LiveSession
+def stability(items: list[DevItem], resources: Any, settle_s: float | None) -> None:
+    from dataclasses import replace
 
+    from diarflow.dataflow import StreamingSession
+    from diarflow.operators.messages import PcmBytes, Snapshot
+    from diarflow.operators.pipeline import PipelineConfig, build_graph
+    from diarflow.testing.evaluation import Turn, diarization_error_rate, read_rttm
+
+    cfg = PipelineConfig().for_mode("stream")
+    settle = None if settle_s is None else int(settle_s * SAMPLE_RATE)
+    graph = build_graph(replace(cfg, snapshots=replace(cfg.snapshots, settle_samples=settle)))
+    print(f"settled horizon: {'the clusterer buffer' if settle is None else f'output settled {settle_s:g} s behind'}")
     relabelled = audio = speech = 0
     behind_s: list[float] = []
+    errors_s = total_s = 0.0
     for item in items:
-        session = LiveSession(LiveOptions(), resources)
-        file_relabelled = 0
+        session = StreamingSession(graph, resources)
+        file_relabelled = received = 0
         for frame in _frames(item):
-            for snapshot in session.push(frame):
-                file_relabelled += snapshot.relabelled_samples
-                behind_s.append((session.samples_received - snapshot.settled_until_sample) / SAMPLE_RATE)
-        final = session.close()[-1]
+            received += len(frame) // 2
+            for snapshot in session.push(PcmBytes(frame)):
+                if isinstance(snapshot, Snapshot):
+                    file_relabelled += snapshot.relabelled_samples
+                    behind_s.append((received - snapshot.settled_until_sample) / SAMPLE_RATE)
+        final = [m for m in session.close() if isinstance(m, Snapshot)][-1]
         file_relabelled += final.relabelled_samples
         relabelled += file_relabelled
-        audio += session.samples_received
+        audio += received
         speech += _speech_samples(final)
-        print(f"  {item.uri:<11} {session.samples_received / SAMPLE_RATE:7.1f} s audio, "
+        hypothesis = [Turn(t.start_sample / SAMPLE_RATE, t.end_sample / SAMPLE_RATE, str(t.speaker))
+                      for t in final.turns]
+        score = diarization_error_rate(read_rttm(item.rttm_path)[item.uri], hypothesis, item.duration_s, 0.25)
+        errors_s += score["missed_s"] + score["false_alarm_s"] + score["confusion_s"]
+        total_s += score["total_s"]
+        print(f"  {item.uri:<11} {received / SAMPLE_RATE:7.1f} s audio, "
               f"relabelled {file_relabelled / SAMPLE_RATE:6.1f} s", flush=True)
+    print(f"streaming DER of the final results (pooled, +-0.25 s collar): {100 * errors_s / total_s:.2f} %")
     hours_audio, hours_speech = audio / SAMPLE_RATE / 3600, speech / SAMPLE_RATE / 3600
     print(f"relabelled: {relabelled / SAMPLE_RATE:.1f} s over {hours_audio * 60:.1f} min of audio "
           f"= {relabelled / SAMPLE_RATE / hours_audio:.1f} s per hour of audio, "
@@ -153,6 +171,8 @@ def server_phases(items: list[DevItem], reconnects: int, latency_s: float) -> No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hours", type=float, default=2.0, help="length of the long session (default 2)")
+    parser.add_argument("--settle-s", type=float, default=None,
+                        help="settle the output this far behind the edge (SnapshotEmitterConfig.settle_samples)")
     parser.add_argument("--reconnects", type=int, default=50, help="resumes to time (default 50)")
     parser.add_argument("--latency-s", type=float, default=60.0, help="real-time audio for the latency phase")
     parser.add_argument("--skip", action="append", default=[], choices=["stability", "checkpoints", "server"])
@@ -166,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     resources = default_resources()
     with threadpool_limits(limits=1, user_api="blas"):
         if "stability" not in args.skip:
-            stability(items, resources)
+            stability(items, resources, args.settle_s)
         if "checkpoints" not in args.skip:
             checkpoints([i for i in items if i.variant == "clean"], resources, args.hours)
     if "server" not in args.skip:
