@@ -10,6 +10,7 @@ original stood (fresh start and resume are one path). Protocols and files are th
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import tempfile
@@ -21,11 +22,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from diarflow.dataflow import Checkpoint, Graph, StreamingSession
-from diarflow.operators.messages import PcmBytes, Snapshot
+from diarflow.operators.messages import PcmBytes, Snapshot, SpeakerTurn
 from diarflow.operators.pipeline import PipelineConfig, build_graph
 from diarflow.voiceprints import DEFAULT_EXCLUSIVE, DEFAULT_THRESHOLD, decode_voiceprint, match_speakers
 
-__all__ = ["KnownSpeaker", "LiveCheckpoint", "LiveOptions", "LiveSession", "MAX_KNOWN_SPEAKERS",
+__all__ = ["CheckpointFile", "KnownSpeaker", "LiveCheckpoint", "LiveOptions", "LiveSession", "MAX_KNOWN_SPEAKERS",
            "dump_checkpoint", "live_graph", "load_checkpoint", "write_atomic"]
 
 MAX_KNOWN_SPEAKERS = 50
@@ -134,6 +135,9 @@ class LiveSession:
         Loaded models (shared, read-only).
     checkpoint
         Continue from this state instead of starting fresh (its options win over ``options``).
+    graph
+        Run this graph instead of the one ``options`` describe (tests and benchmarks; a resumed session
+        needs the same one).
 
     Examples
     --------
@@ -142,10 +146,11 @@ class LiveSession:
     >>> saved = dump_checkpoint(session.checkpoint())                   # doctest: +SKIP
     """
 
-    def __init__(self, options: LiveOptions, resources: Any, checkpoint: LiveCheckpoint | None = None) -> None:
+    def __init__(self, options: LiveOptions, resources: Any, checkpoint: LiveCheckpoint | None = None,
+                 graph: Graph | None = None) -> None:
         self.options = checkpoint.options if checkpoint is not None else options
         o = self.options
-        graph = live_graph(o.num_speakers, o.min_speakers, o.max_speakers, o.merge_similarity)
+        graph = graph or live_graph(o.num_speakers, o.min_speakers, o.max_speakers, o.merge_similarity)
         self._engine = StreamingSession(graph, resources, checkpoint.engine if checkpoint is not None else None)
         self.samples_received = checkpoint.samples_received if checkpoint is not None else 0
         self.frames_received = checkpoint.frames_received if checkpoint is not None else 0
@@ -222,3 +227,110 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+_TURN_ROW = np.dtype([("start", "<i8"), ("end", "<i8"), ("speaker", "<i8"), ("confidence", "<f8")])
+_MIN_JOURNALED = 16  # shorter turn sequences are cheaper to pickle than to refer to
+
+
+class CheckpointFile:
+    """A live session persisted in two files, so that saving it costs the same at minute 1 and hour 2.
+
+    ``<name>.ckpt`` holds the checkpoint and is replaced atomically at every save; it stays bounded
+    because the settled turns (append-only, the one part that grows with the session) go to
+    ``<name>.turns``, 32 bytes per turn, appended once each. The checkpoint refers to them by count. A
+    save appends the new turns before it replaces the checkpoint, so a kill between the two leaves
+    extra rows that the old checkpoint does not refer to (and :meth:`load` cuts them off).
+
+    Parameters
+    ----------
+    path
+        The ``.ckpt`` file; its folder must exist.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.turns_path = path.with_suffix(".turns")
+        self._journal: list[SpeakerTurn] = []  # the settled turns already in the journal, same objects
+
+    def save(self, session: LiveSession, meta: Mapping[str, Any] | None = None) -> int:
+        """Persist ``session`` (between its calls); returns the checkpoint's size in bytes."""
+        checkpoint = session.checkpoint(meta)
+        self._extend_journal(checkpoint.last_snapshot)
+        buffer = io.BytesIO()
+        pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        pickler.persistent_id = self._reference  # type: ignore[method-assign]
+        pickler.dump(checkpoint)
+        data = buffer.getvalue()
+        write_atomic(self.path, data)
+        return len(data)
+
+    def _extend_journal(self, snapshot: Snapshot | None) -> None:
+        if snapshot is None:
+            return
+        settled, count, journal = snapshot.frozen, snapshot.frozen_count, self._journal
+        if not journal or len(journal) > count or settled[len(journal) - 1] is not journal[-1]:
+            journal.clear()  # none yet, or not an extension (a re-labelled history): start over
+        new = [settled[i] for i in range(len(journal), count)]
+        if not new:
+            return
+        if not journal:
+            self.turns_path.write_bytes(b"")
+        rows = np.array([(t.start_sample, t.end_sample, t.speaker, t.confidence) for t in new], _TURN_ROW)
+        with open(self.turns_path, "ab") as f:
+            f.write(rows.tobytes())
+        journal.extend(new)
+
+    def _reference(self, obj: Any) -> Any:
+        """Pickle hook: a tuple or list that is a prefix of the journal is stored as its length."""
+        if type(obj) not in (tuple, list) or len(obj) < _MIN_JOURNALED or type(obj[0]) is not SpeakerTurn:
+            return None
+        n, journal = len(obj), self._journal
+        if n > len(journal) or obj[0] is not journal[0] or obj[n - 1] is not journal[n - 1] \
+                or obj[n // 2] is not journal[n // 2]:
+            return None
+        return ("tuple" if type(obj) is tuple else "list", n)
+
+    def load(self) -> LiveCheckpoint:
+        """The saved checkpoint, its settled turns read back from the journal.
+
+        Raises
+        ------
+        FileNotFoundError
+            Nothing saved.
+        ValueError
+            The files are not a checkpoint (torn, foreign, or a journal shorter than it refers to).
+        """
+        data = self.path.read_bytes()
+        try:
+            raw = self.turns_path.read_bytes()
+        except FileNotFoundError:
+            raw = b""
+        rows = np.frombuffer(raw[: len(raw) // _TURN_ROW.itemsize * _TURN_ROW.itemsize], _TURN_ROW)
+        turns = [SpeakerTurn(int(r["start"]), int(r["end"]), int(r["speaker"]), float(r["confidence"])) for r in rows]
+        used = [0]
+
+        def resolve(pid: Any) -> Any:
+            kind, n = pid
+            if not isinstance(n, int) or n > len(turns) or kind not in ("tuple", "list"):
+                raise pickle.UnpicklingError(f"checkpoint refers to {n} settled turns, the journal has {len(turns)}")
+            used[0] = max(used[0], n)
+            return tuple(turns[:n]) if kind == "tuple" else list(turns[:n])
+
+        unpickler = pickle.Unpickler(io.BytesIO(data))
+        unpickler.persistent_load = resolve  # type: ignore[method-assign]
+        try:
+            checkpoint = unpickler.load()
+        except Exception as exc:  # a torn or foreign file: not a session to resume
+            raise ValueError(f"not a live checkpoint: {type(exc).__name__}: {exc}") from None
+        if not isinstance(checkpoint, LiveCheckpoint):
+            raise ValueError(f"not a live checkpoint: {type(checkpoint).__name__}")
+        self._journal = turns[: used[0]]  # rows past it belong to saves this checkpoint never saw
+        if len(rows) > used[0]:
+            with open(self.turns_path, "r+b") as f:
+                f.truncate(used[0] * _TURN_ROW.itemsize)
+        return checkpoint
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.turns_path.unlink(missing_ok=True)

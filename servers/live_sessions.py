@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diarflow.live import LiveCheckpoint, LiveSession, dump_checkpoint, load_checkpoint, write_atomic
+from diarflow.live import CheckpointFile, LiveCheckpoint, LiveSession
 
 __all__ = ["LiveRecord", "ResumableSessions", "new_resume_token"]
 
 log = logging.getLogger("diarflow.server.stream")
 
 CHECKPOINT_SUFFIX = ".ckpt"
+TURNS_SUFFIX = ".turns"
 
 
 def new_resume_token() -> str:
@@ -66,14 +67,19 @@ class ResumableSessions:
         self.window_s = window_s
         self.directory = directory
         self._records: dict[str, LiveRecord] = {}
+        self._files: dict[str, CheckpointFile] = {}
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def _path(self, key: str) -> Path | None:
-        return None if self.directory is None else self.directory / f"{key}{CHECKPOINT_SUFFIX}"
+    def _file(self, key: str) -> CheckpointFile | None:
+        if self.directory is None:
+            return None
+        if key not in self._files:
+            self._files[key] = CheckpointFile(self.directory / f"{key}{CHECKPOINT_SUFFIX}")
+        return self._files[key]
 
     def add(self, token: str, session_id: str, team: str | None, session: LiveSession, owner: Any) -> LiveRecord:
         record = LiveRecord(_key(token), session_id, team, session, owner=owner)
@@ -93,20 +99,22 @@ class ResumableSessions:
     def load(self, token: str, team: str | None) -> LiveCheckpoint | None:
         """The persisted checkpoint for ``token`` (read from disk: call off the event loop), or ``None``
         when there is none, it expired (older than the window), is unreadable, or is another team's."""
-        path = self._path(_key(token))
-        if path is None:
+        if self.directory is None:
             return None
+        key = _key(token)
+        file = CheckpointFile(self.directory / f"{key}{CHECKPOINT_SUFFIX}")
         try:
-            age_s = time.time() - path.stat().st_mtime
+            age_s = time.time() - file.path.stat().st_mtime
             if age_s > self.window_s:
-                path.unlink(missing_ok=True)
+                file.remove()
                 return None
-            checkpoint = load_checkpoint(path.read_bytes())
+            checkpoint = file.load()
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            log.warning("live checkpoint %s unreadable: %s", path.name, exc)
+            log.warning("live checkpoint %s unreadable: %s", file.path.name, exc)
             return None
+        self._files[key] = file  # its journal now holds the very turns the restored session will extend
         if checkpoint.meta.get("team") != team or "session_id" not in checkpoint.meta:
             return None
         return checkpoint
@@ -128,19 +136,18 @@ class ResumableSessions:
     def _forget(self, record: LiveRecord) -> None:
         if self._records.get(record.key) is record:
             del self._records[record.key]
-        path = self._path(record.key)
-        if path is not None:
-            path.unlink(missing_ok=True)
+        file = self._file(record.key)
+        if file is not None:
+            file.remove()
+        self._files.pop(record.key, None)
 
     def persist(self, record: LiveRecord) -> int:
         """Write the session's checkpoint atomically (call off the event loop, under ``record.lock``);
         returns its size in bytes (0 without a folder)."""
-        path = self._path(record.key)
-        if path is None or self._records.get(record.key) is not record:
+        file = self._file(record.key)
+        if file is None or self._records.get(record.key) is not record:
             return 0
-        data = dump_checkpoint(record.session.checkpoint({"session_id": record.session_id, "team": record.team}))
-        write_atomic(path, data)
-        return len(data)
+        return file.save(record.session, {"session_id": record.session_id, "team": record.team})
 
     def sweep(self) -> None:
         """Forget parked sessions past their window, and checkpoint files no session will come back for."""
@@ -152,7 +159,8 @@ class ResumableSessions:
             return
         held = set(self._records)
         # temporary files are leftovers of a write a kill interrupted; checkpoints are named by key
-        for path in [*self.directory.glob(f"*{CHECKPOINT_SUFFIX}"), *self.directory.glob(".*.tmp")]:
+        for path in [*self.directory.glob(f"*{CHECKPOINT_SUFFIX}"), *self.directory.glob(f"*{TURNS_SUFFIX}"),
+                     *self.directory.glob(".*.tmp")]:
             try:
                 if path.stem not in held and time.time() - path.stat().st_mtime > self.window_s:
                     path.unlink(missing_ok=True)

@@ -7,11 +7,14 @@ short rolling buffer (20 s) makes turns freeze inside a one-minute clip.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from diarflow import live
 from diarflow.dataflow import StreamingSession
+from diarflow.live import CheckpointFile, LiveOptions, LiveSession
 from diarflow.operators.messages import PcmBytes, Snapshot
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import PipelineConfig, build_graph
@@ -57,3 +60,33 @@ def test_settled_horizon_never_moves_back_and_nothing_before_it_changes(
     if settle_samples is not None:  # the horizon trails the edge by about the settle time, not the buffer
         behind = [(s.end_sample - s.settled_until_sample) / 16000 for s in snapshots[:-1] if s.end_sample > 20 * 16000]
         assert float(np.median(behind)) < 15.0
+
+
+def test_checkpoint_file_resumes_exactly_with_settled_turns_in_its_journal(
+        tmp_path: Path, resources: Resources, speech_clips: dict[str, DevItem], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(live, "_MIN_JOURNALED", 1)  # journal every settled turn, even in a one-minute clip
+    cfg = PipelineConfig().for_mode("stream")
+    graph = build_graph(replace(cfg, clustering=replace(cfg.clustering, retention_samples=15 * 16000)))
+    frames = file_frames(speech_clips["two_speakers"].audio_path)
+    whole = LiveSession(LiveOptions(), resources, graph=graph)
+    for frame in frames:
+        whole.push(frame)
+    want = [(t.start_sample, t.end_sample, t.speaker) for t in whole.close()[-1].turns]
+
+    first = LiveSession(LiveOptions(), resources, graph=graph)
+    saved = CheckpointFile(tmp_path / "s.ckpt")
+    for frame in frames[:220]:  # 44 s, then the "process" dies
+        if first.push(frame):
+            saved.save(first, {"session_id": "x"})
+    assert saved.turns_path.stat().st_size > 0, "settled turns go to the journal"
+    reopened = CheckpointFile(tmp_path / "s.ckpt")  # a new process: only the files
+    checkpoint = reopened.load()
+    assert checkpoint.meta == {"session_id": "x"}
+    resumed = LiveSession(LiveOptions(), resources, checkpoint, graph=graph)
+    for frame in frames[resumed.samples_received // 3200:]:
+        if resumed.push(frame):
+            reopened.save(resumed)  # extends the journal it read
+    got = [(t.start_sample, t.end_sample, t.speaker) for t in resumed.close()[-1].turns]
+    assert got == want
+    last = CheckpointFile(tmp_path / "s.ckpt").load()  # the last save, after the last utterance
+    assert 220 * 3200 < last.samples_received <= resumed.samples_received
