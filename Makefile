@@ -41,7 +41,7 @@ serve: setup
 	$(BIN)/diarflow serve --host $(HOST) --port $(PORT)
 
 test: setup-test
-	$(BIN)/python -m mypy dataflow operators diarflow/models diarflow/testing servers
+	$(BIN)/python -m mypy dataflow operators diarflow/provisioning diarflow/testing diarflow/resources.py servers
 	$(BIN)/python -m pytest -q
 
 notebooks: $(VENV)/.installed-notebooks models

@@ -142,14 +142,6 @@ class StreamingSession:
     def __init__(self, graph: Graph, resources: Any, checkpoint: Checkpoint | None = None) -> None:
         self._executor = Executor(graph, resources, checkpoint)
 
-    @property
-    def closed(self) -> bool:
-        return self._executor.finished
-
-    @property
-    def chunks_pushed(self) -> int:
-        return self._executor.items_pushed
-
     def push(self, item: Any) -> list[Any]:
         return self._executor.push(item)
 

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # the API pulls in onnxruntime and numba-free numpy code; keep `import diarflow` itself light
+    # the API pulls in onnxruntime and the models' NumPy code; keep `import diarflow` itself light
     if name in {"diarize", "DiarizationResult", "Segment"}:
         from . import api
 

@@ -13,11 +13,14 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from diarflow.audio import SAMPLE_RATE, decode_chunks, to_s16le
+from diarflow.audio import decode_chunks, to_s16le
 from diarflow.dataflow import StreamingSession, iter_offline
-from diarflow.operators.messages import PcmBytes, PcmSamples, Snapshot
+from diarflow.operators.constants import CONFIDENCE_FRAME_S, CONFIDENCE_FRAME_SAMPLES, SAMPLE_RATE
+from diarflow.operators.messages import PcmBytes, PcmSamples, Snapshot, SpeakerTurn
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import PipelineConfig, build_graph
+from diarflow.operators.speaker_count import SpeakerCount
+from diarflow.resources import load_resources
 
 __all__ = ["DiarizationResult", "Segment", "diarize", "default_resources", "STREAM_CHUNK_SAMPLES"]
 
@@ -49,7 +52,7 @@ def default_resources() -> Resources:
     global _resources
     with _resources_lock:
         if _resources is None:
-            _resources = Resources.load(parallel_calls=os.cpu_count() or 1)
+            _resources = load_resources(parallel_calls=os.cpu_count() or 1)
         return _resources
 
 
@@ -58,12 +61,15 @@ class Segment:
     """One speaker turn at the edges of the engine: seconds and a ``SPEAKER_xx`` label.
 
     ``confidence`` maps speakers to a 0-100 score for this turn (offline mode; empty otherwise).
+    ``overlapping`` marks a second voice over another speaker's turn (overlapped speech); the
+    exclusive variant leaves these out.
     """
 
     start_s: float
     end_s: float
     speaker: str
     confidence: Mapping[str, int] = field(default_factory=dict)
+    overlapping: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,27 +99,33 @@ class DiarizationResult:
     frame_confidence: np.ndarray | None = None
     speaker_embeddings: Mapping[str, np.ndarray] = field(default_factory=dict)
 
-    CONFIDENCE_RESOLUTION_S: ClassVar[float] = 0.02
+    CONFIDENCE_RESOLUTION_S: ClassVar[float] = CONFIDENCE_FRAME_S
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot, uri: str, duration_samples: int) -> DiarizationResult:
+        def scores(t: SpeakerTurn) -> dict[str, int]:
+            if t.overlapping:  # a second voice: how sure the segmentation is that two people speak
+                return {f"SPEAKER_{t.speaker:02d}": int(round(t.confidence * 100))}
+            return {f"SPEAKER_{k:02d}": int(round(p * 100)) for k, p in t.posteriors}
+
         segments = tuple(
             Segment(t.start_sample / SAMPLE_RATE, t.end_sample / SAMPLE_RATE, f"SPEAKER_{t.speaker:02d}",
-                    {f"SPEAKER_{k:02d}": int(round(p * 100)) for k, p in t.posteriors})
+                    scores(t), t.overlapping)
             for t in sorted(snapshot.turns, key=lambda t: (t.start_sample, t.end_sample))
         )
         frames = snapshot.frame_confidence
         if frames is not None:  # cover the whole input, silence at the end included
-            total = -(-duration_samples // 320)
+            total = -(-duration_samples // CONFIDENCE_FRAME_SAMPLES)
             frames = np.concatenate([frames[:total], np.full(max(0, total - len(frames)), 100, np.uint8)])
         embeddings = {f"SPEAKER_{k:02d}": v for k, v in snapshot.speaker_embeddings().items()}
         return cls(uri, segments, duration_samples / SAMPLE_RATE, snapshot.warnings, frames, embeddings)
 
     @property
     def exclusive_segments(self) -> tuple[Segment, ...]:
-        """Non-overlapping turns: where turns overlap, the later-starting one wins from its start."""
+        """One speaker at a time (for aligning words to speakers): the second voices of overlapped
+        speech are left out; where other turns still overlap, the later-starting one wins from its start."""
         out: list[Segment] = []
-        for seg in self.segments:
+        for seg in (s for s in self.segments if not s.overlapping):
             if out and out[-1].end_s > seg.start_s:
                 prev = out.pop()
                 if seg.start_s > prev.start_s:
@@ -208,6 +220,7 @@ def diarize(
     resources: Resources | None = None,
     uri: str | None = None,
     on_progress: Callable[[float], None] | None = None,
+    merge_similarity: float | None = None,
 ) -> DiarizationResult:
     """Diarize a file (any audio/video format) or a float32 16 kHz mono array.
 
@@ -230,6 +243,10 @@ def diarize(
         Name for RTTM output; default the file stem, or ``"audio"`` for arrays.
     on_progress
         Called with the seconds of audio processed so far.
+    merge_similarity
+        Offline clustering's sensitivity: cosine similarity in (-1, 1] of two speakers' centroids above
+        which they are merged (lower: fewer speakers). ``None``: the config's value (``OnlineClustererConfig.merge_similarity``).
+        No effect in ``"stream"`` mode.
 
     Examples
     --------
@@ -238,10 +255,11 @@ def diarize(
     """
     if mode not in ("offline", "stream"):
         raise ValueError(f"mode must be 'offline' or 'stream', got {mode!r}")
-    config = (config or PipelineConfig()).for_mode(mode)
-    clustering = replace(config.clustering, num_speakers=num_speakers, min_speakers=min_speakers,
-                         max_speakers=max_speakers)
-    graph = build_graph(replace(config, clustering=clustering))
+    speakers = SpeakerCount(num_speakers, min_speakers, max_speakers)  # SpeakerCountError if invalid
+    config = (config or PipelineConfig()).for_mode(mode).with_speakers(speakers)
+    if merge_similarity is not None:
+        config = replace(config, clustering=replace(config.clustering, merge_similarity=merge_similarity))
+    graph = build_graph(config)
     resources = resources or default_resources()
     uri = uri or (Path(source).stem if not isinstance(source, np.ndarray) else "audio")
     total = 0

@@ -7,9 +7,9 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["AudioDecodeError", "decode_chunks", "probe_duration_s", "to_s16le"]
+from diarflow.operators.constants import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
+__all__ = ["AudioDecodeError", "decode_chunks", "probe_duration_s", "to_s16le"]
 
 
 class AudioDecodeError(ValueError):

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
-from diarflow.models import (
+from diarflow.operators.speaker_count import CLI_NAMES, SpeakerCount, SpeakerCountError, count_from_text
+from diarflow.provisioning import (
     MODELS,
     ModelProvisioningError,
     default_model_dir,
@@ -25,7 +26,7 @@ def _print_models(model_dir: Path) -> bool:
     print(f"model folder: {model_dir}")
     for status in statuses:
         spec = status.spec
-        origin = (f"{spec.source.wheel_filename} :: {spec.source.member}" if spec.source
+        origin = (f"{spec.source.archive.filename} :: {spec.source.member}" if spec.source
                   else f"built locally from {spec.built_from}")
         size = f"{status.size_bytes / 1e6:.1f} MB" if status.size_bytes is not None else "-"
         print(f"  {spec.name:<17} {spec.filename:<26} {'OK' if status.ok else status.detail.upper()}")
@@ -33,6 +34,7 @@ def _print_models(model_dir: Path) -> bool:
         print(f"      sha256: {status.sha256 or '-'}   size: {size}")
         if spec.source:
             print(f"      licence: {spec.source.licence}")
+            print(f"      upstream: {spec.source.upstream}")
     return all(s.ok for s in statuses)
 
 
@@ -40,7 +42,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     model_dir = Path(args.dir) if args.dir else default_model_dir()
     if args.action == "install":
         try:
-            install_models(model_dir, wheels=[Path(w) for w in args.wheel])
+            install_models(model_dir, archives=[Path(a) for a in args.archive])
         except ModelProvisioningError as exc:
             print(f"diarflow: model install failed: {exc}", file=sys.stderr)
             return 1
@@ -95,16 +97,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(_port_busy_message(args.host, args.port), file=sys.stderr)
         return 1
 
-    settings = ServerSettings(
-        host=args.host,
-        port=args.port,
-        model_dir=Path(args.model_dir) if args.model_dir else None,
-        auth_enabled=args.auth or os.environ.get("AUTH_ENABLED", "").lower() in {"1", "true", "yes"},
-        idle_timeout_s=args.idle_timeout,
-        resume_window_s=args.resume_window,
-        data_dir=Path(args.data_dir) if args.data_dir else None,
-        jobs=JobsSettings(backend=args.workers, ray_address=args.ray_address),
-    )
+    try:
+        settings = ServerSettings(
+            host=args.host,
+            port=args.port,
+            model_dir=Path(args.model_dir) if args.model_dir else None,
+            auth_enabled=args.auth or os.environ.get("AUTH_ENABLED", "").lower() in {"1", "true", "yes"},
+            idle_timeout_s=args.idle_timeout,
+            resume_window_s=args.resume_window,
+            data_dir=Path(args.data_dir) if args.data_dir else None,
+            jobs=JobsSettings(backend=args.workers, ray_address=args.ray_address),
+            public_url=args.public_url,
+        )
+    except ValueError as exc:  # e.g. a --public-url that is not an http(s) base URL
+        print(f"diarflow: {exc}", file=sys.stderr)
+        return 2
     try:
         run_server(settings)
     except ModelProvisioningError as exc:
@@ -247,17 +254,6 @@ def similarity(text: str) -> float:
     return value
 
 
-def speaker_count(text: str) -> int:
-    """An ``argparse`` type for speaker counts: a whole number >= 1, with a message a person can read."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of speakers (1 or more), got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of speakers (1 or more), got {value}")
-    return value
-
-
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -276,16 +272,19 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from diarflow.operators.clustering import OnlineClustererConfig
+
     parser = _Parser(prog="diarflow", description="Speaker diarization (who spoke when), live and offline.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     models = sub.add_parser("models", help="install, list or verify the model files")
     models.add_argument("action", choices=["install", "list", "verify"],
                         help="install: fetch and build what is missing; list: show each file, its source, "
-                             "checksum and licence; verify: like list, exit 1 if anything is missing or damaged")
+                             "checksum, licence and upstream; verify: like list, exit 1 if anything is missing or damaged")
     models.add_argument("--dir", help=f"model folder (default: $DIARFLOW_MODEL_DIR or {default_model_dir()})")
-    models.add_argument("--wheel", action="append", default=[], metavar="PATH",
-                        help="use a local wheel file (or a folder of wheels) instead of the registry; repeatable")
+    models.add_argument("--archive", "--wheel", dest="archive", action="append", default=[], metavar="PATH",
+                        help="use a local registry archive (a wheel or sdist file, or a folder of them) instead of "
+                             "the registry; repeatable")
     models.set_defaults(func=_cmd_models)
 
     diar = sub.add_parser(
@@ -298,15 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     diar.add_argument("--out", default=".", metavar="DIR",
                       help="output folder, created if missing (default: the current folder)")
     diar.add_argument("--format", default="rttm", help="comma-separated: rttm, json, parquet (default rttm)")
-    diar.add_argument("--num-speakers", type=speaker_count, metavar="N",
+    diar.add_argument("--num-speakers", type=count_from_text, metavar="N",
                       help="exactly N speakers, when you know it (e.g. 2 for a phone call); "
                            "cannot be combined with --min/--max-speakers")
-    diar.add_argument("--min-speakers", type=speaker_count, metavar="N",
+    diar.add_argument("--min-speakers", type=count_from_text, metavar="N",
                       help="at least N speakers (default: estimated from the audio)")
-    diar.add_argument("--max-speakers", type=speaker_count, metavar="N",
+    diar.add_argument("--max-speakers", type=count_from_text, metavar="N",
                       help="at most N speakers (default: no limit)")
     diar.add_argument("--merge-similarity", type=similarity, metavar="X",
-                      help="offline clustering sensitivity (default 0.7): two speakers whose voices are more "
+                      help=f"clustering sensitivity (default {OnlineClustererConfig().merge_similarity}): "
+                           "two speakers whose voices are more "
                            "similar than X (cosine) become one; lower it when one person comes out as two "
                            "speakers, raise it when two people are merged")
     diar.add_argument("--mode", choices=["offline", "stream"], default="offline",
@@ -338,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where job API jobs run: local processes (default) or a Ray actor pool")
     serve.add_argument("--ray-address", default=None, metavar="ADDR",
                        help="with --workers ray: join this Ray cluster ('auto' or host:port); default a local Ray")
+    serve.add_argument("--public-url", default=None, metavar="URL",
+                       help="this server's base URL as job workers reach it (they fetch media:// inputs from "
+                            "it); default http://HOST:PORT (127.0.0.1 for 0.0.0.0); on a multi-node Ray "
+                            "cluster e.g. http://10.0.0.5:8000")
     serve.set_defaults(func=_cmd_serve)
 
     stream = sub.add_parser("stream", help="stream a file to a running server's live endpoint")
@@ -355,11 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "num_speakers", None) is not None and (args.min_speakers or args.max_speakers):
-        parser.error("--num-speakers cannot be combined with --min-speakers / --max-speakers")
-    if getattr(args, "min_speakers", None) and getattr(args, "max_speakers", None) and \
-            args.min_speakers > args.max_speakers:
-        parser.error("--min-speakers must not exceed --max-speakers")
+    if hasattr(args, "num_speakers"):  # diarize and batch
+        try:
+            SpeakerCount.parse(args.num_speakers, args.min_speakers, args.max_speakers, CLI_NAMES)
+        except SpeakerCountError as exc:
+            parser.error(str(exc))
     return int(args.func(args))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from diarflow.dataflow import Checkpoint, Graph, StreamingSession
 from diarflow.operators.messages import PcmBytes, Snapshot, SpeakerTurn
 from diarflow.operators.pipeline import PipelineConfig, build_graph
+from diarflow.operators.speaker_count import SpeakerCount
 from diarflow.voiceprints import DEFAULT_EXCLUSIVE, DEFAULT_THRESHOLD, decode_voiceprint, match_speakers
 
 __all__ = ["CheckpointFile", "KnownSpeaker", "LiveCheckpoint", "LiveOptions", "LiveSession", "MAX_KNOWN_SPEAKERS",
@@ -70,8 +71,7 @@ class LiveOptions:
     merge_similarity
         Clustering sensitivity, a cosine in (-1, 1): two live speakers whose voices are more similar
         than this become one (lower merges more). ``None``: the engine's default. Same meaning and
-        name as ``diarflow diarize --merge-similarity``; live, it sets the online clusterer's
-        ``merge_threshold``.
+        name as ``diarflow diarize --merge-similarity`` (the clusterer's ``merge_similarity``).
     speakers
         At most 50 known people, labels unique.
     """
@@ -101,12 +101,10 @@ class LiveOptions:
 def live_graph(num_speakers: int | None = None, min_speakers: int | None = None, max_speakers: int | None = None,
                merge_similarity: float | None = None) -> Graph:
     """The frozen streaming graph for these options (``ValueError`` if they are invalid)."""
-    cfg = PipelineConfig().for_mode("stream")
-    clustering = replace(cfg.clustering, num_speakers=num_speakers, min_speakers=min_speakers,
-                         max_speakers=max_speakers)
+    cfg = PipelineConfig().for_mode("stream").with_speakers(SpeakerCount(num_speakers, min_speakers, max_speakers))
     if merge_similarity is not None:
-        clustering = replace(clustering, merge_threshold=float(merge_similarity))
-    return build_graph(replace(cfg, clustering=clustering))
+        cfg = replace(cfg, clustering=replace(cfg.clustering, merge_similarity=float(merge_similarity)))
+    return build_graph(cfg)
 
 
 @dataclass(frozen=True)
@@ -156,6 +154,7 @@ class LiveSession:
         self.frames_received = checkpoint.frames_received if checkpoint is not None else 0
         self.last_snapshot: Snapshot | None = checkpoint.last_snapshot if checkpoint is not None else None
         self.meta: Mapping[str, Any] = dict(checkpoint.meta) if checkpoint is not None else {}
+        self._closed = False
         labels = [s.label for s in o.speakers]
         self._labels = labels
         self._prints = (np.stack([s.vector for s in o.speakers]) if o.speakers
@@ -163,7 +162,8 @@ class LiveSession:
 
     @property
     def closed(self) -> bool:
-        return self._engine.closed
+        """End of audio was signalled (:meth:`close`): the session cannot take more."""
+        return self._closed
 
     def push(self, payload: bytes) -> list[Snapshot]:
         """Count one received frame and push its audio (s16le; may be empty, e.g. past a length limit)."""
@@ -174,8 +174,12 @@ class LiveSession:
         return self._kept(self._engine.push(PcmBytes(payload)))
 
     def close(self) -> list[Snapshot]:
-        """End of audio: the final snapshot (its settled horizon is the end of the audio)."""
-        return self._kept(self._engine.close())
+        """End of audio: the final snapshot, settled up to the end of the audio received."""
+        self._closed = True
+        snapshots = [s if not s.final else replace(s, settled_until_sample=max(s.settled_until_sample,
+                                                                               self.samples_received))
+                     for s in self._kept(self._engine.close())]
+        return self._kept(snapshots)
 
     def _kept(self, messages: list[Any]) -> list[Snapshot]:
         snapshots = [m for m in messages if isinstance(m, Snapshot)]
@@ -229,7 +233,8 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-_TURN_ROW = np.dtype([("start", "<i8"), ("end", "<i8"), ("speaker", "<i8"), ("confidence", "<f8")])
+_TURN_ROW = np.dtype([("start", "<i8"), ("end", "<i8"), ("speaker", "<i8"), ("confidence", "<f8"),
+                      ("overlapping", "<i8")])
 _MIN_JOURNALED = 16  # shorter turn sequences are cheaper to pickle than to refer to
 
 
@@ -238,7 +243,7 @@ class CheckpointFile:
 
     ``<name>.ckpt`` holds the checkpoint and is replaced atomically at every save; it stays bounded
     because the settled turns (append-only, the one part that grows with the session) go to
-    ``<name>.turns``, 32 bytes per turn, appended once each. The checkpoint refers to them by count. A
+    ``<name>.turns``, 40 bytes per turn, appended once each. The checkpoint refers to them by count. A
     save appends the new turns before it replaces the checkpoint, so a kill between the two leaves
     extra rows that the old checkpoint does not refer to (and :meth:`load` cuts them off).
 
@@ -276,7 +281,8 @@ class CheckpointFile:
             return
         if not journal:
             self.turns_path.write_bytes(b"")
-        rows = np.array([(t.start_sample, t.end_sample, t.speaker, t.confidence) for t in new], _TURN_ROW)
+        rows = np.array([(t.start_sample, t.end_sample, t.speaker, t.confidence, int(t.overlapping)) for t in new],
+                        _TURN_ROW)
         with open(self.turns_path, "ab") as f:
             f.write(rows.tobytes())
         journal.extend(new)
@@ -307,7 +313,8 @@ class CheckpointFile:
         except FileNotFoundError:
             raw = b""
         rows = np.frombuffer(raw[: len(raw) // _TURN_ROW.itemsize * _TURN_ROW.itemsize], _TURN_ROW)
-        turns = [SpeakerTurn(int(r["start"]), int(r["end"]), int(r["speaker"]), float(r["confidence"])) for r in rows]
+        turns = [SpeakerTurn(int(r["start"]), int(r["end"]), int(r["speaker"]), float(r["confidence"]),
+                             overlapping=bool(r["overlapping"])) for r in rows]
         used = [0]
 
         def resolve(pid: Any) -> Any:

@@ -2,7 +2,7 @@
 
 ``pip install 'diarflow[ray]'`` installs it. Two uses:
 
-- :func:`run_batch_on_ray`: ``diarflow batch --engine ray``: Ray Data maps :func:`diarflow.batch.process_file`
+- :func:`run_batch_on_ray`: ``diarflow batch --engine ray``: Ray Data maps :func:`diarflow.batch_process.process_file`
   over the inputs on an actor pool (models loaded once per actor; each actor decodes its file from the
   path or URL, so only paths and results travel through the object store).
 - :class:`ActorWorker`: one job-API worker as a Ray actor (``diarflow serve --workers ray``); the
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from diarflow.batch import BatchItem, BatchOptions, FileOutcome
+    from diarflow.batch_records import BatchItem, BatchOptions, FileOutcome
 
 __all__ = ["ActorLost", "ActorWorker", "RayConnection", "RayUnavailable", "connect", "run_batch_on_ray"]
 
@@ -115,13 +115,14 @@ class _BatchActor:
     def __init__(self, options: BatchOptions) -> None:
         from pathlib import Path
 
-        from diarflow.operators.models import Resources
+        from diarflow.resources import load_resources
 
         self.options = options
-        self.resources = Resources.load(Path(options.model_dir) if options.model_dir else None, parallel_calls=1)
+        self.resources = load_resources(Path(options.model_dir) if options.model_dir else None, parallel_calls=1)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from diarflow.batch import BatchItem, outcomes_to_table, process_file
+        from diarflow.batch_process import process_file
+        from diarflow.batch_records import BatchItem, outcomes_to_table
 
         items = [BatchItem(u, p) for u, p in zip(batch.column("uri").to_pylist(), batch.column("path").to_pylist())]
         return outcomes_to_table([process_file(item, self.options, self.resources) for item in items])
@@ -129,7 +130,7 @@ class _BatchActor:
 
 def run_batch_on_ray(items: Sequence[BatchItem], options: BatchOptions, workers: int, address: str | None,
                      on_outcome: Callable[[FileOutcome], None]) -> None:
-    """Map :func:`diarflow.batch.process_file` over ``items`` with Ray Data on an actor pool.
+    """Map :func:`diarflow.batch_process.process_file` over ``items`` with Ray Data on an actor pool.
 
     Parameters
     ----------
@@ -149,7 +150,7 @@ def run_batch_on_ray(items: Sequence[BatchItem], options: BatchOptions, workers:
     RayUnavailable
         Ray missing or the cluster unreachable.
     """
-    from diarflow.batch import WORKER_DIED, FileOutcome, outcomes_from_table
+    from diarflow.batch_records import WORKER_DIED, FileOutcome, outcomes_from_table
 
     ray = _ray()
     connection = connect(address, workers or None)

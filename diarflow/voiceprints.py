@@ -8,11 +8,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from diarflow.operators.constants import EMBEDDING_DIM
+
 __all__ = ["DEFAULT_EXCLUSIVE", "DEFAULT_THRESHOLD", "VOICEPRINT_PREFIX", "decode_voiceprint", "encode_voiceprint",
            "identify", "match_speakers", "similarity_score"]
 
-VOICEPRINT_PREFIX = "dfv1:campplus-192:"
-EMBEDDING_DIM = 192
+VOICEPRINT_PREFIX = f"dfv1:campplus-{EMBEDDING_DIM}:"
 
 # Logistic map cosine -> 0-100 calibrated on the dev corpus (3-4 s single-speaker voiceprints against
 # conversation centroids of other files): 50 at cosine 0.45, the middle of the gap between the highest

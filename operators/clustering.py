@@ -6,15 +6,16 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
+from .constants import EMBEDDING_DIM, SAMPLE_RATE, VAD_WINDOW_SAMPLES
 from .confidence import frame_confidence, turn_confidence, turn_posteriors, window_posteriors
 from .global_clustering import cluster_embeddings
-from .vectors import label_sums
+from .vectors import label_sums, normalise, unit
 from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
+from .speaker_count import SpeakerCount
 
 __all__ = ["OnlineClusterer", "OnlineClustererConfig", "ClustererState", "SpeakerTurns", "windows_to_turns"]
-
-_DIM = 192
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,20 +47,16 @@ class SpeakerTurns:
 class OnlineClustererConfig:
     """Online speaker clustering over a rolling buffer, with optional offline refinement at the end.
 
-    Each new window joins the speaker whose centroid is most similar (cosine) if that similarity is
-    at least ``assign_threshold``, otherwise it founds a new speaker (no cap unless asked). After each
-    utterance the windows still inside the rolling buffer are re-assigned to the updated centroids
-    and speakers that became indistinguishable (centroid cosine >= ``merge_threshold``) are merged,
-    so labels inside the buffer may be revised. Windows leaving the buffer fold into their speaker's
-    summary (a running sum) and their turns freeze with their last label.
+    Live, after each utterance the windows of the rolling buffer are clustered again together with
+    the summaries of the speakers heard before the buffer (a few weighted prototypes per speaker),
+    by the same spectral clustering as the offline pass (count from the eigengap, so it adapts to
+    the channel instead of relying on fixed cosine thresholds). The clusters are then matched to the
+    speaker ids already given out (the one-to-one matching that keeps the most windows and prototypes
+    under their id), so ids persist; an unmatched cluster is a new speaker. Windows leaving the buffer
+    fold into their speaker's prototypes and their turns freeze with their last label.
 
     Parameters
     ----------
-    assign_threshold
-        Cosine similarity in (-1, 1) needed to join an existing speaker.
-    merge_threshold
-        Cosine similarity in (-1, 1) of two centroids above which the younger speaker is merged into
-        the older (only if the younger has no frozen turns).
     retention_samples
         The rolling buffer (120 s at 16 kHz).
     num_speakers, min_speakers, max_speakers
@@ -69,53 +66,55 @@ class OnlineClustererConfig:
         turn. The online assignment is skipped (the global clustering would replace its labels), so
         nothing is emitted before the end of input.
     merge_similarity
-        Offline: cosine similarity of two global speaker centroids above which they are merged after
-        the spectral clustering (lower merges more; the sensitivity knob when counts come out high).
+        Cosine similarity of two speaker centroids above which they are merged after the spectral
+        clustering (lower merges more; the sensitivity knob when counts come out high).
     prune_fraction
-        Offline: fraction of nearest neighbours each window keeps in the spectral affinity graph.
+        Fraction of nearest neighbours each window keeps in the spectral affinity graph.
+    reclustering_samples
+        Live: the buffer is clustered again once this much speech (5 s) has come in since the last
+        time, or sooner when a new window fits no known speaker; in between, new windows join their
+        nearest speaker (a re-clustering costs ~10-20 ms, an assignment well under 1 ms).
+    prototypes_per_speaker
+        Live: weighted prototypes kept per speaker for windows that left the buffer (memory
+        O(speakers x prototypes) however long the session).
     min_cluster_windows
         Global clusters with fewer windows are dissolved into their nearest neighbour (spurious
         speakers from noise or overlap), unless that would leave fewer than ``min_speakers``.
     """
 
-    assign_threshold: float = 0.30
-    merge_threshold: float = 0.55
-    retention_samples: int = 120 * 16000
+    retention_samples: int = 120 * SAMPLE_RATE
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
     refine: bool = False
-    merge_similarity: float = 0.7
+    merge_similarity: float = 0.8
     prune_fraction: float = 0.012
     min_cluster_windows: int = 5
+    prototypes_per_speaker: int = 8
+    reclustering_samples: int = 5 * SAMPLE_RATE
 
     input_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings, VadProbabilities)
     output_types: ClassVar[tuple[type, ...]] = (SpeakerTurns,)
 
     def __post_init__(self) -> None:
-        for name in ("assign_threshold", "merge_threshold"):
-            if not -1.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must lie in (-1, 1), got {getattr(self, name)}")
         if not -1.0 < self.merge_similarity <= 1.0:
             raise ValueError(f"merge_similarity must lie in (-1, 1], got {self.merge_similarity}")
         if not 0.0 < self.prune_fraction <= 0.5:
             raise ValueError(f"prune_fraction must lie in (0, 0.5], got {self.prune_fraction}")
+        if self.reclustering_samples < 0:
+            raise ValueError(f"reclustering_samples must be >= 0, got {self.reclustering_samples}")
+        if self.prototypes_per_speaker < 1:
+            raise ValueError(f"prototypes_per_speaker must be >= 1, got {self.prototypes_per_speaker}")
         if self.min_cluster_windows < 1:
             raise ValueError(f"min_cluster_windows must be >= 1, got {self.min_cluster_windows}")
-        if self.retention_samples < 16000:
-            raise ValueError(f"retention_samples must be >= 16000 (1 s), got {self.retention_samples}")
-        for name in ("num_speakers", "min_speakers", "max_speakers"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
-        if self.num_speakers is not None and (self.min_speakers is not None or self.max_speakers is not None):
-            raise ValueError("num_speakers cannot be combined with min_speakers / max_speakers")
-        if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
-            raise ValueError(f"min_speakers ({self.min_speakers}) must be <= max_speakers ({self.max_speakers})")
+        if self.retention_samples < SAMPLE_RATE:
+            raise ValueError(f"retention_samples must be >= {SAMPLE_RATE} (1 s), got {self.retention_samples}")
+        SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)  # SpeakerCountError if invalid
 
     @property
-    def speaker_cap(self) -> int | None:
-        return self.num_speakers if self.num_speakers is not None else self.max_speakers
+    def speakers(self) -> SpeakerCount:
+        """The speaker-count constraints as one validated value."""
+        return SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)
 
     def build(self, state: ClustererState | None, resources: Any = None) -> OnlineClusterer:
         return OnlineClusterer(self, state or ClustererState())
@@ -123,21 +122,27 @@ class OnlineClustererConfig:
 
 @dataclass(frozen=True)
 class ClustererState:
-    """Plain arrays: speaker summaries, the buffer's windows, frozen turns, and (refine) all windows."""
+    """Plain arrays: speaker prototypes, the buffer's windows, frozen turns, and (refine) all windows."""
 
-    frozen_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (speakers, 192)
-    has_frozen: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (speakers,)
+    prototype_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (m, 192)
+    prototype_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # (m,) windows each
+    prototype_speakers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (m,)
+    speakers: int = 0  # ids given out so far: 0 .. speakers - 1
+    since_reclustering: int = 0  # samples of speech since the buffer was last clustered again
     spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # buffer windows (n, 2)
-    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (n, 192)
+    vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (n, 192)
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
     utterance_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
     frozen_turns: tuple[SpeakerTurn, ...] = ()
     utterances: int = 0
     end_sample: int = 0
     history_spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # refine only, (N, 2)
-    history_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, _DIM), np.float32))  # (N, 192)
+    history_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (N, 192)
     history_utterance_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,)
     vad_probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # refine only
+
+
+_MIN_WINDOWS_TO_ASSIGN = 24  # fewer buffer windows (~18 s of speech): always cluster again (cheap, and the spread is unsure)
 
 
 class _GrowingArray:
@@ -197,10 +202,6 @@ def windows_to_turns(spans: np.ndarray, labels: np.ndarray, utterance_ids: np.nd
     return turns
 
 
-def _unit(vector: np.ndarray) -> np.ndarray:
-    return (vector / max(float(np.linalg.norm(vector)), 1e-12)).astype(np.float32)
-
-
 def _smooth(labels: np.ndarray) -> np.ndarray:
     """Majority of three inside an utterance: a lone window between two equal neighbours follows them."""
     out = labels.copy()
@@ -211,13 +212,14 @@ def _smooth(labels: np.ndarray) -> np.ndarray:
 
 
 class OnlineClusterer:
-    """See :class:`OnlineClustererConfig`. Memory: O(speakers + windows in the buffer + frozen turns),
-    plus every window's embedding when ``refine`` is on (offline mode: 24 h is ~100k x 192 floats)."""
+    """See :class:`OnlineClustererConfig`. Memory: O(speakers x prototypes + windows in the buffer + frozen
+    turns), plus every window's embedding when ``refine`` is on (offline mode: 24 h is ~100k x 192 floats)."""
 
     def __init__(self, config: OnlineClustererConfig, state: ClustererState) -> None:
         self.config = config
-        self._frozen_sums = state.frozen_sums
-        self._has_frozen = state.has_frozen
+        self._prototype_sums, self._prototype_weights = state.prototype_sums, state.prototype_weights
+        self._prototype_speakers, self._speakers = state.prototype_speakers, state.speakers
+        self._since_reclustering = state.since_reclustering
         self._spans, self._vectors = state.spans, state.vectors
         self._labels, self._utterance_ids = state.labels, state.utterance_ids
         self._frozen_turns: list[SpeakerTurn] = list(state.frozen_turns)
@@ -226,11 +228,6 @@ class OnlineClusterer:
         self._history_vectors = _GrowingArray(state.history_vectors)
         self._history_utterances = _GrowingArray(state.history_utterance_ids)
         self._vad = _GrowingArray(state.vad_probabilities)
-
-    @staticmethod
-    def _centroids(frozen: np.ndarray, vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        sums = frozen.astype(np.float64) + label_sums(labels, vectors, len(frozen))
-        return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)  # (speakers, 192)
 
     def on_item(self, item: UtteranceEmbeddings | VadProbabilities) -> Sequence[SpeakerTurns]:
         cfg = self.config
@@ -248,62 +245,72 @@ class OnlineClusterer:
             self._history_vectors.append(new_vectors)
             self._history_utterances.append(utterance)
             return []
-        frozen, has_frozen = self._frozen_sums, self._has_frozen
-        centroids = self._centroids(frozen, self._vectors, self._labels)
-        new_labels = np.empty(len(new_vectors), dtype=np.int64)
-        for k, vector in enumerate(new_vectors):
-            sims = centroids @ vector
-            best = int(np.argmax(sims)) if len(sims) else -1
-            cap = cfg.speaker_cap
-            if best >= 0 and (sims[best] >= cfg.assign_threshold or (cap is not None and len(centroids) >= cap)):
-                new_labels[k] = best
-            else:  # a new speaker
-                new_labels[k] = len(centroids)
-                frozen = np.vstack([frozen, np.zeros((1, _DIM), np.float32)])
-                has_frozen = np.append(has_frozen, False)
-                centroids = np.vstack([centroids, vector[None].astype(np.float64)])
-        self._frozen_sums, self._has_frozen = frozen, has_frozen
+        assigned = self._assign(new_vectors)
+        self._since_reclustering += int(new_spans[-1, 1] - new_spans[0, 0])
         self._spans = np.vstack([self._spans, new_spans])
         self._vectors = np.vstack([self._vectors, new_vectors])
         self._utterance_ids = np.concatenate([self._utterance_ids, utterance])
-        self._labels = self._revise(np.concatenate([self._labels, _smooth(new_labels)]))
+        if assigned is None or self._since_reclustering >= cfg.reclustering_samples:
+            self._labels = self._relabel(np.concatenate([self._labels, np.full(len(new_vectors), -1)]))
+            self._since_reclustering = 0
+        else:
+            self._labels = np.concatenate([self._labels, _smooth(assigned)])
         self._evict()
         return [self._view(final=False)]
 
-    def _revise(self, labels: np.ndarray) -> np.ndarray:
-        """Re-assign buffer windows to the updated centroids and merge look-alike speakers."""
-        cfg, vectors, frozen = self.config, self._vectors, self._frozen_sums
-        rows = np.arange(len(labels))
-        for _ in range(2):
-            centroids = self._centroids(frozen, vectors, labels)
-            sims = vectors @ centroids.T.astype(np.float32)  # (n, speakers)
-            alive = self._has_frozen | (np.bincount(labels, minlength=len(frozen)) > 0)
-            sims[:, ~alive] = -np.inf
-            proposed = np.argmax(sims, axis=1)
-            # move a window only when clearly better (hysteresis against flicker)
-            labels = np.where(sims[rows, proposed] - sims[rows, labels] > 0.05, proposed, labels)
-            for u in np.unique(self._utterance_ids):
-                mask = self._utterance_ids == u
-                labels[mask] = _smooth(labels[mask])
-        centroids = self._centroids(frozen, vectors, labels)
-        alive = self._has_frozen | (np.bincount(labels, minlength=len(frozen)) > 0)
-        while True:  # merge the most similar pair of live speakers while above the threshold
-            ids = np.flatnonzero(alive)
-            if len(ids) < 2:
-                break
-            sims = centroids[ids] @ centroids[ids].T
-            np.fill_diagonal(sims, -np.inf)
-            a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
-            older, younger = sorted((int(ids[a]), int(ids[b])))
-            if sims[a, b] < cfg.merge_threshold or self._has_frozen[younger]:
-                break
-            labels = np.where(labels == younger, older, labels)
-            alive[younger] = False
-            centroids = self._centroids(frozen, vectors, labels)
+    def _assign(self, vectors: np.ndarray) -> np.ndarray | None:
+        """The cheap path between re-clusterings: each new window ``(m, 192)`` joins its most similar
+        speaker centroid, unless one of them fits worse than 90 % of the buffer's windows fit their own
+        speaker (a possible new voice: then ``None``, and the caller re-clusters). The yardstick is
+        this session's own spread, so it holds on any channel."""
+        if not self._speakers or len(self._labels) < _MIN_WINDOWS_TO_ASSIGN:
+            return None
+        centroids = self._centroids()  # (speakers, 192)
+        fit = np.sum(normalise(self._vectors) * centroids[self._labels], axis=1)  # buffer windows, own speaker
+        sims = normalise(vectors) @ centroids.T  # (m, speakers)
+        if sims.max(axis=1).min() < np.percentile(fit, 10):
+            return None
+        return np.argmax(sims, axis=1).astype(np.int64)
+
+    def _relabel(self, previous: np.ndarray) -> np.ndarray:
+        """Cluster buffer windows and prototypes together; give each cluster a speaker id.
+
+        ``previous (n,)`` holds the buffer windows' current ids (-1 for new windows). Returns the new
+        ids ``(n,)``, smoothed inside each utterance.
+        """
+        cfg = self.config
+        n = len(self._vectors)
+        rows = normalise(np.vstack([self._vectors, self._prototype_sums]).astype(np.float32))
+        weights = np.concatenate([np.ones(n), self._prototype_weights])
+        clusters = cluster_embeddings(rows, cfg.speakers.floor, cfg.speakers.cap, cfg.merge_similarity,
+                                      cfg.prune_fraction, min_cluster_size=cfg.min_cluster_windows,
+                                      weights=weights)
+        owners = np.concatenate([previous, self._prototype_speakers])  # id each row holds now (-1: none)
+        count = int(clusters.max()) + 1
+        overlap = np.zeros((count, max(self._speakers, 1)))
+        held = owners >= 0
+        np.add.at(overlap, (clusters[held], owners[held]), weights[held])
+        chosen, ids = linear_sum_assignment(overlap, maximize=True)
+        mapping = np.full(count, -1)
+        for cluster, speaker in zip(chosen, ids):
+            if overlap[cluster, speaker] > 0:
+                mapping[cluster] = speaker
+        cap = cfg.speakers.cap
+        for cluster in np.flatnonzero(mapping < 0):  # clusters no existing speaker holds: new speakers
+            if cap is not None and self._speakers >= cap:  # unless the count is capped: the closest one
+                sums = label_sums(owners[held], rows[held], self._speakers, weights[held])
+                mapping[cluster] = int(np.argmax(normalise(sums) @ rows[clusters == cluster].sum(axis=0)))
+                continue
+            mapping[cluster] = self._speakers
+            self._speakers += 1
+        labels = mapping[clusters[:n]]
+        for u in np.unique(self._utterance_ids):
+            mask = self._utterance_ids == u
+            labels[mask] = _smooth(labels[mask])
         return labels
 
     def _evict(self) -> None:
-        """Whole utterances that ended before the buffer start leave: turns freeze, sums absorb them."""
+        """Whole utterances that ended before the buffer start leave: turns freeze, prototypes absorb them."""
         cutoff = self._end_sample - self.config.retention_samples
         if not len(self._spans) or cutoff <= 0:
             return
@@ -314,10 +321,7 @@ class OnlineClusterer:
         leaving = np.isin(ids, leaving_ids)
         if not leaving.any():
             return
-        self._frozen_sums = (self._frozen_sums + label_sums(self._labels[leaving], self._vectors[leaving],
-                                                           len(self._frozen_sums))).astype(np.float32)
-        self._has_frozen = self._has_frozen.copy()
-        self._has_frozen[np.unique(self._labels[leaving])] = True
+        self._absorb(self._vectors[leaving], self._labels[leaving])
         posteriors = window_posteriors(self._vectors, self._labels)  # (n, speakers): the live turn confidence
         self._frozen_turns.extend(turn_confidence(
             windows_to_turns(self._spans[leaving], self._labels[leaving], ids[leaving]),
@@ -326,10 +330,38 @@ class OnlineClusterer:
         self._spans, self._vectors = self._spans[keep], self._vectors[keep]
         self._labels, self._utterance_ids = self._labels[keep], ids[keep]
 
+    def _absorb(self, vectors: np.ndarray, labels: np.ndarray) -> None:
+        """Add windows ``(k, 192)`` with ids ``(k,)`` to the prototypes; merge the most similar
+        prototypes of a speaker until it has at most ``prototypes_per_speaker``."""
+        sums = np.vstack([self._prototype_sums, vectors]).astype(np.float32)
+        weights = np.concatenate([self._prototype_weights, np.ones(len(vectors))])
+        speakers = np.concatenate([self._prototype_speakers, labels])
+        keep = np.ones(len(sums), bool)
+        limit = self.config.prototypes_per_speaker
+        for speaker in np.unique(labels):
+            own = np.flatnonzero(speakers == speaker)
+            while len(own) > limit:
+                unit_rows = normalise(sums[own])
+                sims = unit_rows @ unit_rows.T
+                np.fill_diagonal(sims, -np.inf)
+                a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
+                sums[own[a]] += sums[own[b]]
+                weights[own[a]] += weights[own[b]]
+                keep[own[b]] = False
+                own = np.delete(own, b)
+        self._prototype_sums, self._prototype_weights = sums[keep], weights[keep]
+        self._prototype_speakers = speakers[keep]
+
+    def _centroids(self) -> np.ndarray:
+        """Unit mean embedding per speaker id over prototypes and buffer windows: float32 ``(speakers, 192)``."""
+        vectors = np.vstack([self._prototype_sums, self._vectors])
+        labels = np.concatenate([self._prototype_speakers, self._labels])
+        return normalise(label_sums(labels, vectors, self._speakers)).astype(np.float32)
+
     def _view(self, final: bool) -> SpeakerTurns:
         live = tuple(turn_confidence(windows_to_turns(self._spans, self._labels, self._utterance_ids),
                                      self._spans, window_posteriors(self._vectors, self._labels)))
-        means = self._centroids(self._frozen_sums, self._vectors, self._labels).astype(np.float32)
+        means = self._centroids()
         return SpeakerTurns(self._frozen_turns, len(self._frozen_turns), live, self._utterances,
                             self._end_sample, final, centroids={k: means[k] for k in range(len(means))},
                             settled_until_sample=self.settled_until_sample(live))
@@ -351,8 +383,7 @@ class OnlineClusterer:
         spans = self._history_spans.view()
         vectors = self._history_vectors.view()
         utterance_ids = self._history_utterances.view()
-        min_speakers = cfg.num_speakers or cfg.min_speakers or 1
-        max_speakers = cfg.num_speakers or cfg.max_speakers
+        min_speakers, max_speakers = cfg.speakers.floor, cfg.speakers.cap
         labels = cluster_embeddings(vectors, min_speakers, max_speakers, cfg.merge_similarity,
                                     cfg.prune_fraction, min_cluster_size=cfg.min_cluster_windows)
         found = int(labels.max()) + 1 if len(labels) else 0
@@ -362,16 +393,17 @@ class OnlineClusterer:
         posteriors = window_posteriors(vectors, labels)  # (n, speakers)
         turns = turn_posteriors(windows_to_turns(spans, labels, utterance_ids), spans, posteriors)
         vad = self._vad.view()
-        end = max(self._end_sample, len(vad) * 512)
+        end = max(self._end_sample, len(vad) * VAD_WINDOW_SAMPLES)
         frames = frame_confidence(turns, spans, posteriors, labels, vad, end)
         sums = label_sums(labels, vectors, found)
-        centroids = {k: _unit(sums[k]) for k in range(found)}
+        centroids = {k: unit(sums[k]) for k in range(found)}
         return [SpeakerTurns((), 0, tuple(turns), self._utterances, self._end_sample, True, warnings, frames,
                              centroids)]
 
     def checkpoint(self) -> ClustererState:
         spans, vectors = self._history_spans.view().copy(), self._history_vectors.view().copy()
         utterance_ids, vad = self._history_utterances.view().copy(), self._vad.view().copy()
-        return ClustererState(self._frozen_sums, self._has_frozen, self._spans, self._vectors, self._labels,
-                              self._utterance_ids, tuple(self._frozen_turns), self._utterances,
-                              self._end_sample, spans, vectors, utterance_ids, vad)
+        return ClustererState(self._prototype_sums, self._prototype_weights, self._prototype_speakers,
+                              self._speakers, self._since_reclustering, self._spans, self._vectors, self._labels, self._utterance_ids,
+                              tuple(self._frozen_turns), self._utterances, self._end_sample, spans, vectors,
+                              utterance_ids, vad)

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .vectors import label_sums
+from .constants import CONFIDENCE_FRAME_SAMPLES, SAMPLE_RATE, VAD_WINDOW_SAMPLES
 from .messages import SpeakerTurn
+from .vectors import label_sums
 
 __all__ = ["frame_confidence", "turn_confidence", "turn_posteriors", "window_posteriors"]
 
-FRAME_SAMPLES = 320  # 20 ms at 16 kHz
-_VAD_WINDOW_SAMPLES = 512
 _BLOCK_FRAMES = 1 << 16  # ~22 min of 20 ms frames per block
 
 
@@ -111,7 +110,7 @@ def frame_confidence(
     numpy.ndarray
         uint8 ``(ceil(end_sample / 320),)``.
     """
-    num_frames = -(-end_sample // FRAME_SAMPLES)
+    num_frames = -(-end_sample // CONFIDENCE_FRAME_SAMPLES)
     out = np.empty(num_frames, np.uint8)
     has_turns = bool(len(turns) and len(spans))
     if has_turns:
@@ -121,15 +120,15 @@ def frame_confidence(
         own = posteriors[np.arange(len(labels)), labels][order].astype(np.float32)  # own-label posterior
         starts = np.array([t.start_sample for t in turns], np.int64)
         ends = np.array([t.end_sample for t in turns], np.int64)
-        short = (ends - starts) < 16000
+        short = (ends - starts) < SAMPLE_RATE  # turns under 1 s
         changes = np.array([t.start_sample for prev, t in zip(turns, turns[1:])
                             if prev.speaker != t.speaker and t.start_sample - prev.end_sample < change_span_samples],
                            np.int64)
     for lo in range(0, num_frames, _BLOCK_FRAMES):  # blocks: memory stays flat for 24 h inputs
-        centre = (np.arange(lo, min(lo + _BLOCK_FRAMES, num_frames), dtype=np.int64) * FRAME_SAMPLES
-                  + FRAME_SAMPLES // 2)
+        centre = (np.arange(lo, min(lo + _BLOCK_FRAMES, num_frames), dtype=np.int64) * CONFIDENCE_FRAME_SAMPLES
+                  + CONFIDENCE_FRAME_SAMPLES // 2)
         if len(vad_probabilities):
-            vad = vad_probabilities[np.minimum(centre // _VAD_WINDOW_SAMPLES, len(vad_probabilities) - 1)]
+            vad = vad_probabilities[np.minimum(centre // VAD_WINDOW_SAMPLES, len(vad_probabilities) - 1)]
         else:
             vad = np.zeros(len(centre), np.float32)
         vad_certainty = np.abs(2.0 * vad.astype(np.float32) - 1.0)

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from .constants import EMBEDDING_DIM
 from .fbank import Fbank
 from .messages import (
     PcmFrame,
@@ -126,7 +127,7 @@ class EmbeddingExtractor:
         self._fbank = Fbank()
         if state is None:
             state = EmbeddingExtractorState(np.zeros(0, np.float32), 0, -1, np.zeros((0, 2), np.int64),
-                                            np.zeros((0, 192), np.float32), ())
+                                            np.zeros((0, EMBEDDING_DIM), np.float32), ())
         self._audio = [state.audio] if len(state.audio) else []
         self._audio_start = state.audio_start
         self._audio_len = len(state.audio)
@@ -183,7 +184,7 @@ class EmbeddingExtractor:
         """L2-normalised embeddings of windows. Equal lengths are batched together (padding would
         change CAM++ embeddings) in small sub-batches that the model may run in parallel."""
         feats = [self._fbank.compute_normalised(self._samples(a, b)) for a, b in spans]
-        vectors = [np.zeros(192, np.float32) for _ in spans]  # stays zero only for < 3 frames of audio
+        vectors = [np.zeros(EMBEDDING_DIM, np.float32) for _ in spans]  # stays zero only for < 3 frames of audio
         by_frames: dict[int, list[int]] = {}
         for i, f in enumerate(feats):
             if len(f) >= 3:
@@ -249,7 +250,7 @@ class EmbeddingExtractor:
         fbank = self._fbank.config
         feats = self._fbank.compute(samples)  # (frames, 80)
         if len(feats) < 3:  # the least CAM++ can pool: such a scrap of audio gets zero vectors
-            return np.zeros((len(spans), 192), np.float32)
+            return np.zeros((len(spans), EMBEDDING_DIM), np.float32)
         count = -(-len(feats) // fbank.num_frames(self.config.pass_samples))
         bounds = (np.linspace(0, len(feats), count + 1) // 2 * 2).astype(int)
         bounds[-1] = len(feats)
@@ -305,6 +306,7 @@ class EmbeddingExtractor:
             audio_start=self._audio_start,
             open_start=self._open_start,
             cached_spans=np.array(spans, dtype=np.int64).reshape(-1, 2),
-            cached_vectors=np.stack([self._cache[s] for s in spans]) if spans else np.zeros((0, 192), np.float32),
+            cached_vectors=(np.stack([self._cache[s] for s in spans]) if spans
+                            else np.zeros((0, EMBEDDING_DIM), np.float32)),
             closed=tuple(self._closed),
         )

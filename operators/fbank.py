@@ -7,6 +7,8 @@ from functools import cached_property
 
 import numpy as np
 
+from .constants import SAMPLE_RATE
+
 __all__ = ["FbankConfig", "Fbank"]
 
 _FLT_EPSILON = float(np.finfo(np.float32).eps)
@@ -34,7 +36,7 @@ class FbankConfig:
         Pre-emphasis coefficient (0.97), applied after removing each frame's DC offset.
     """
 
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     num_mel_bins: int = 80
     frame_length_samples: int = 400
     frame_shift_samples: int = 160

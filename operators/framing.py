@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from .constants import VAD_WINDOW_SAMPLES
 from .messages import PcmBytes, PcmFrame, PcmSamples
 
 __all__ = ["PcmFramer", "PcmFramerConfig", "PcmFramerState"]
@@ -34,8 +35,8 @@ class PcmFramerConfig:
     output_types: ClassVar[tuple[type, ...]] = (PcmFrame,)
 
     def __post_init__(self) -> None:
-        if self.max_frame_samples < 512:
-            raise ValueError(f"max_frame_samples must be >= 512, got {self.max_frame_samples}")
+        if self.max_frame_samples < VAD_WINDOW_SAMPLES:
+            raise ValueError(f"max_frame_samples must be >= {VAD_WINDOW_SAMPLES}, got {self.max_frame_samples}")
 
     def build(self, state: PcmFramerState | None, resources: Any = None) -> PcmFramer:
         return PcmFramer(self, state or PcmFramerState(next_sample=0))

@@ -13,11 +13,12 @@ def cluster_embeddings(
     vectors: np.ndarray,
     min_speakers: int = 1,
     max_speakers: int | None = None,
-    merge_similarity: float = 0.7,
+    merge_similarity: float = 0.8,
     prune_fraction: float = 0.012,
     max_direct: int = 2500,
     num_micro_clusters: int = 600,
     min_cluster_size: int = 3,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cluster L2-normalised embeddings into speakers; the count is estimated per recording unless fixed.
 
@@ -42,6 +43,10 @@ def cluster_embeddings(
         (lower merges more: the clustering's sensitivity knob).
     prune_fraction
         Fraction of nearest neighbours each row of the affinity graph keeps (at least 6).
+    weights
+        Optional ``(n,)`` positive row weights: how many windows a row stands for (the live clusterer
+        passes summaries of speakers that left its buffer as weighted rows). Sizes and centroids are
+        weighted; the affinity graph is not.
 
     Returns
     -------
@@ -53,33 +58,34 @@ def cluster_embeddings(
         return np.zeros(0, np.int64)
     if n == 1:
         return np.zeros(1, np.int64)
-    weights = None
+    row_weights = np.ones(n) if weights is None else np.asarray(weights, np.float64)
     if n <= max_direct:
         members = np.arange(n)
-        points = vectors
+        points, point_weights = vectors, row_weights.astype(np.float64)
     else:
-        members = _kmeans(vectors, min(num_micro_clusters, n), iterations=8)
-        sums = label_sums(members, vectors, int(members.max()) + 1).astype(vectors.dtype)
+        members = _kmeans(vectors, min(num_micro_clusters, n), iterations=8, weights=row_weights)
+        sums = label_sums(members, vectors, int(members.max()) + 1, row_weights).astype(vectors.dtype)
         used = np.flatnonzero(np.linalg.norm(sums, axis=1) > 0)
         remap = np.full(len(sums), -1)
         remap[used] = np.arange(len(used))
         members = remap[members]
         points = _normalise(sums[used])
-        weights = np.bincount(members, minlength=len(points)).astype(np.float64)
+        point_weights = np.bincount(members, weights=row_weights, minlength=len(points)).astype(np.float64)
     upper = None if max_speakers is None else min(max_speakers, len(points))
-    point_labels = spectral_clusters(points, min(min_speakers, len(points)), upper, weights=weights,
+    point_labels = spectral_clusters(points, min(min_speakers, len(points)), upper, weights=point_weights,
                                      keep_fraction=prune_fraction)
-    labels = _refine(vectors, point_labels[members], min_cluster_size, min_speakers)
-    return _merge_similar(vectors, labels, merge_similarity, min_speakers)
+    labels = _refine(vectors, point_labels[members], min_cluster_size, min_speakers, row_weights)
+    return _merge_similar(vectors, labels, merge_similarity, min_speakers, row_weights)
 
 
-def _merge_similar(vectors: np.ndarray, labels: np.ndarray, similarity: float, min_speakers: int) -> np.ndarray:
+def _merge_similar(vectors: np.ndarray, labels: np.ndarray, similarity: float, min_speakers: int,
+                   weights: np.ndarray) -> np.ndarray:
     """Merge the most similar pair of speaker centroids while their cosine exceeds ``similarity``."""
     while True:
         count = int(labels.max()) + 1
         if count <= max(min_speakers, 1):
             return labels
-        centroids = _normalise(label_sums(labels, vectors, count))
+        centroids = _normalise(label_sums(labels, vectors, count, weights))
         sims = centroids @ centroids.T
         np.fill_diagonal(sims, -np.inf)
         a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
@@ -89,10 +95,11 @@ def _merge_similar(vectors: np.ndarray, labels: np.ndarray, similarity: float, m
         _, labels = np.unique(labels, return_inverse=True)
 
 
-def _refine(vectors: np.ndarray, labels: np.ndarray, min_cluster_size: int, min_speakers: int) -> np.ndarray:
+def _refine(vectors: np.ndarray, labels: np.ndarray, min_cluster_size: int, min_speakers: int,
+            weights: np.ndarray) -> np.ndarray:
     """Dissolve tiny clusters (keeping at least ``min_speakers``), then reassign to nearest centroid."""
     for _ in range(2):
-        counts = np.bincount(labels)
+        counts = np.bincount(labels, weights=weights)
         order = np.argsort(-counts)
         keep = [c for c in order if counts[c] >= min_cluster_size]
         for c in order:  # honour min_speakers even with small clusters
@@ -102,7 +109,7 @@ def _refine(vectors: np.ndarray, labels: np.ndarray, min_cluster_size: int, min_
                 keep.append(c)
         if not keep:
             keep = [int(order[0])]
-        sums = label_sums(labels, vectors, int(labels.max()) + 1).astype(vectors.dtype)
+        sums = label_sums(labels, vectors, int(labels.max()) + 1, weights).astype(vectors.dtype)
         centroids = _normalise(sums[keep])  # (k, dim)
         new = np.empty_like(labels)
         for lo in range(0, len(vectors), _BLOCK_ROWS):

@@ -17,6 +17,7 @@ __all__ = [
     "SpeakerEmbedding",
     "UtteranceEmbeddings",
     "SpeakerTurn",
+    "OverlapRegions",
     "Snapshot",
 ]
 
@@ -97,6 +98,21 @@ class SpeakerTurn:
     speaker: int
     confidence: float = 1.0  # posterior of ``speaker`` over the turn, in [0, 1]
     posteriors: tuple[tuple[int, float], ...] = ()  # (speaker, posterior) pairs, offline refinement only
+    overlapping: bool = False  # a second voice over another speaker's turn; exclusive output drops it
+
+
+@dataclass(frozen=True, eq=False)
+class OverlapRegions:
+    """Spans where at least two people speak at once, decided for all audio before ``until_sample``.
+
+    ``spans`` is int64 ``(k, 2)`` half-open ``[start, end)`` sample spans in time order, each after the
+    previous message's; ``scores`` float32 ``(k,)`` the mean estimated number of extra voices in
+    each span (in (0, 1]), used as the confidence of the turns added there.
+    """
+
+    spans: np.ndarray
+    scores: np.ndarray
+    until_sample: int
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,7 +149,7 @@ class Snapshot:
         number = self.speaker_numbers
         return tuple(
             SpeakerTurn(t.start_sample, t.end_sample, number[t.speaker], t.confidence,
-                        tuple((number[k], p) for k, p in t.posteriors if k in number))
+                        tuple((number[k], p) for k, p in t.posteriors if k in number), t.overlapping)
             for t in (*self.frozen[: self.frozen_count], *self.live)
         )
 

@@ -1,6 +1,6 @@
-"""Read-only model runtimes shared by every session: Silero VAD and CAM++ on onnxruntime.
+"""Read-only model runtimes shared by every session: Silero VAD, CAM++ and pyannote segmentation-3.0 on onnxruntime.
 
-Both wrappers hold only ``onnxruntime.InferenceSession`` objects (thread-safe for concurrent ``run``
+The wrappers hold only ``onnxruntime.InferenceSession`` objects (thread-safe for concurrent ``run``
 calls) and constants. Recurrent VAD state lives in the caller's :class:`VadState`, so one loaded model serves
 any number of sessions without them seeing each other.
 """
@@ -15,10 +15,17 @@ from typing import Callable, Protocol, Sequence, TypeVar
 import numpy as np
 import onnxruntime as ort
 
+from .constants import EMBEDDING_DIM, VAD_WINDOW_SAMPLES
+from .silero_split import split_silero_vad
+
 __all__ = [
-    "EMBEDDING_DIM",
-    "VAD_WINDOW_SAMPLES",
     "Resources",
+    "SEGMENTATION_CLASSES",
+    "SEGMENTATION_FRAMES",
+    "SEGMENTATION_FRAME_STEP_SAMPLES",
+    "SEGMENTATION_RECEPTIVE_FIELD_SAMPLES",
+    "SEGMENTATION_WINDOW_SAMPLES",
+    "SegmentationModel",
     "SileroVadModel",
     "SpeakerEmbedder",
     "SpeakerEmbeddingModel",
@@ -27,14 +34,19 @@ __all__ = [
     "make_session",
 ]
 
-SAMPLE_RATE = 16000
 _T = TypeVar("_T")
 _R = TypeVar("_R")
-VAD_WINDOW_SAMPLES = 512  # 32 ms at 16 kHz: the window Silero v5+ is trained on
 _VAD_CONTEXT_SAMPLES = 64  # tail of the previous window prepended to each window
 _MIN_PARALLEL_WINDOWS = 256  # below this, one encoder call beats splitting it over threads
 _ENCODER_BLOCK_WINDOWS = 1024  # 33 s of audio per encoder call
-EMBEDDING_DIM = 192
+SEGMENTATION_WINDOW_SAMPLES = 160_000  # 10 s at 16 kHz: the chunk segmentation-3.0 is trained on
+SEGMENTATION_FRAMES = 589  # output frames per chunk
+# SincNet (conv 251 / stride 10, then three max-pools of 3 around two convs of 5): output frame k sees
+# exactly the samples [k * 270, k * 270 + 991) of its chunk (before the LSTM mixes frames)
+SEGMENTATION_FRAME_STEP_SAMPLES = 270
+SEGMENTATION_RECEPTIVE_FIELD_SAMPLES = 991
+SEGMENTATION_CLASSES = 7  # powerset: {}, {0}, {1}, {2}, {0, 1}, {0, 2}, {1, 2}
+_SEGMENTATION_BATCH = 32  # chunks per onnxruntime call: bounds the arena (measured ~12 MB per chunk, ~0.4 GB)
 
 
 def make_session(path: Path | str | bytes, intra_op_threads: int = 1) -> ort.InferenceSession:
@@ -82,13 +94,11 @@ class SpeakerEmbedder(Protocol):
 
 
 class SileroVadModel:
-    """Silero VAD v6 (ONNX) at 16 kHz, split in two (see :mod:`diarflow.models.silero_split`): the
+    """Silero VAD v6 (ONNX) at 16 kHz, split in two (see :mod:`.silero_split`): the
     stateless encoder runs on all windows of a call in one batch (in parallel when given a pool), then
     one sequence LSTM carries the caller's state through them. Exactly the per-window model, faster."""
 
     def __init__(self, path: Path | str, intra_op_threads: int = 1, pool: ThreadPoolExecutor | None = None) -> None:
-        from diarflow.models.silero_split import split_silero_vad
-
         encoder, recurrence = split_silero_vad(path)
         self._encoder = make_session(encoder, intra_op_threads)
         self._recurrence = make_session(recurrence, intra_op_threads)
@@ -236,30 +246,72 @@ class SpeakerEmbeddingModel:
         return list(self._pool.map(function, items))
 
 
-@dataclass(frozen=True)
-class Resources:
-    """Models loaded once per process and shared read-only by all sessions and jobs."""
+class SegmentationModel:
+    """pyannote segmentation-3.0 (ONNX): for each 10 s chunk, per ~17 ms frame, the log-probabilities of
+    the 7 powerset classes of up to three local speakers: no speech, {0}, {1}, {2}, {0, 1}, {0, 2}, {1, 2}.
 
-    vad: VadModel
-    embedder: SpeakerEmbedder
+    Speaker indices are local to a chunk (the model is permutation-invariant): speaker 0 of one chunk
+    and speaker 0 of the next need not be the same person.
 
-    @classmethod
-    def load(cls, model_dir: Path | None = None, parallel_calls: int = 1) -> Resources:
-        """Verify (installing on first use) and load the models from the cache.
+    Parameters
+    ----------
+    path
+        ``segmentation-3.0.onnx`` from the model cache.
+    intra_op_threads
+        onnxruntime threads per call.
+    pool
+        Optional thread pool: batches of more than 32 chunks run as parallel calls.
+
+    Examples
+    --------
+    >>> model = SegmentationModel(paths.segmentation)  # doctest: +SKIP
+    >>> model.log_probs(np.zeros((2, SEGMENTATION_WINDOW_SAMPLES), np.float32)).shape  # doctest: +SKIP
+    (2, 589, 7)
+    """
+
+    def __init__(self, path: Path | str, intra_op_threads: int = 1, pool: ThreadPoolExecutor | None = None) -> None:
+        self._session = make_session(path, intra_op_threads)
+        self._pool = pool
+
+    def log_probs(self, chunks: np.ndarray) -> np.ndarray:
+        """Powerset log-probabilities of each frame of each chunk.
 
         Parameters
         ----------
-        model_dir
-            Model cache; default ``$DIARFLOW_MODEL_DIR`` or ``~/.cache/diarflow/models``.
-        parallel_calls
-            Model calls one batch may spread over (threads; onnxruntime releases the GIL). Use the
-            core count for a single offline run; 1 where many sessions already share the cores.
-        """
-        from diarflow.models import ensure_models
+        chunks
+            float32 ``(batch, 160000)``: 10 s chunks at 16 kHz in [-1, 1]; any batch size (run in
+            batches of at most 32).
 
-        paths = ensure_models(model_dir)
-        pool = ThreadPoolExecutor(parallel_calls, thread_name_prefix="diarflow-model") if parallel_calls > 1 else None
-        return cls(
-            vad=SileroVadModel(paths.silero_vad, pool=pool),
-            embedder=SpeakerEmbeddingModel(paths.campplus, pool=pool),
-        )
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(batch, 589, 7)``: natural-log probabilities over the 7 classes (each frame's
+            ``exp`` sums to 1). Frame ``k`` is computed from samples
+            ``[270 k, 270 k + 991)`` of its chunk and the LSTM context of the whole chunk.
+        """
+        chunks = np.asarray(chunks, dtype=np.float32)
+        if chunks.ndim != 2 or chunks.shape[1] != SEGMENTATION_WINDOW_SAMPLES:
+            raise ValueError(f"expected chunks of shape (batch, {SEGMENTATION_WINDOW_SAMPLES}), got {chunks.shape}")
+        if len(chunks) == 0:
+            return np.zeros((0, SEGMENTATION_FRAMES, SEGMENTATION_CLASSES), np.float32)
+        batches = [chunks[lo:lo + _SEGMENTATION_BATCH] for lo in range(0, len(chunks), _SEGMENTATION_BATCH)]
+        if self._pool is not None and len(batches) > 1:
+            return np.concatenate(list(self._pool.map(self._run, batches)))
+        return np.concatenate([self._run(batch) for batch in batches])
+
+    def _run(self, chunks: np.ndarray) -> np.ndarray:
+        (log_probs,) = self._session.run(None, {"input": chunks[:, None, :]})
+        return log_probs  # (batch, 589, 7)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Models loaded once per process and shared read-only by all sessions and jobs.
+
+    Built by :func:`diarflow.resources.load_resources` from the verified model cache, or by hand
+    around fakes of the Protocols in tests.
+    """
+
+    vad: VadModel
+    embedder: SpeakerEmbedder
+    segmentation: SegmentationModel

@@ -1,12 +1,13 @@
 """``SnapshotEmitter``: the full result after each closed utterance, speakers numbered by first appearance.
 
-Besides numbering, it states what a client may rely on: the settled horizon (non-decreasing; the audio's
-end in the final snapshot) and how much already-reported speech changed speaker since the last snapshot.
+Besides numbering, it states what a client may rely on: the settled horizon (non-decreasing; in the final
+snapshot everything is settled, up to the end of the last utterance) and how much already-reported speech
+changed speaker since the last snapshot.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -24,7 +25,6 @@ class SnapshotEmitterState:
     # live turns of the last snapshot as (start_sample, end_sample, public speaker) rows, (n, 3)
     reported: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
     settled_until_sample: int = 0
-    audio_end_sample: int = 0  # the latest watermark: how much audio the graph has seen
     pinned: tuple[SpeakerTurn, ...] = ()  # settle_samples only: turns settled by this emitter, in time order
 
 
@@ -128,7 +128,6 @@ class SnapshotEmitter:
         self._seen = state.frozen_seen
         self._reported = state.reported
         self._settled = state.settled_until_sample
-        self._audio_end = state.audio_end_sample
 
     @staticmethod
     def _extend(order: dict[int, int], turns: Sequence[SpeakerTurn]) -> None:
@@ -149,7 +148,10 @@ class SnapshotEmitter:
         current = _rows([*newly_frozen, *item.live], numbers)
         relabelled = relabelled_samples(self._reported, current)
         self._reported = _rows(item.live, numbers)
-        settled = max(item.end_sample, self._audio_end) if item.final else item.settled_until_sample
+        if item.final:  # the end of the last utterance: the caller knows where the audio itself ends
+            settled = item.end_sample
+        else:  # turns added after the clusterer (e.g. overlapped speech) may start before its horizon
+            settled = min([item.settled_until_sample, *(t.start_sample for t in item.live)])
         self._settled = max(self._settled, settled)
         return [Snapshot(item.frozen, item.frozen_count, item.live, numbers, item.utterances, item.end_sample,
                          item.final, item.warnings, item.frame_confidence, item.centroids,
@@ -160,12 +162,11 @@ class SnapshotEmitter:
         settled = self._settled
         while self._seen < item.frozen_count and item.frozen[self._seen].end_sample <= settled:
             self._seen += 1  # frozen turns behind the horizon were pinned while they were live
-        candidates = [t if t.start_sample >= settled else
-                      SpeakerTurn(settled, t.end_sample, t.speaker, t.confidence, t.posteriors)
+        candidates = [t if t.start_sample >= settled else replace(t, start_sample=settled)
                       for t in (*item.frozen[self._seen: item.frozen_count], *item.live) if t.end_sample > settled]
         candidates.sort(key=lambda t: (t.start_sample, t.end_sample))
         if item.final:
-            settled = max(settled, item.end_sample, self._audio_end)
+            settled = max(settled, item.end_sample)
         else:
             settled = free_point(candidates, settled, item.end_sample - settle_samples)
         newly_pinned = [t for t in candidates if t.end_sample <= settled]
@@ -182,7 +183,6 @@ class SnapshotEmitter:
                         relabelled_samples=relabelled)
 
     def on_watermark(self, sample: int) -> Sequence[Snapshot]:
-        self._audio_end = max(self._audio_end, sample)
         return []
 
     def on_eof(self) -> Sequence[Snapshot]:
@@ -190,4 +190,4 @@ class SnapshotEmitter:
 
     def checkpoint(self) -> SnapshotEmitterState:
         return SnapshotEmitterState(tuple(sorted(self._order, key=self._order.__getitem__)), self._seen,
-                                    self._reported.copy(), self._settled, self._audio_end, tuple(self._pinned))
+                                    self._reported.copy(), self._settled, tuple(self._pinned))

@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from .messages import PcmFrame, SpeechRegion, SpeechStart, VadProbabilities
-from .models import VAD_WINDOW_SAMPLES, VadModel, VadState
+from .constants import VAD_WINDOW_SAMPLES
+from .models import VadModel, VadState
 
 __all__ = ["SileroVad", "SileroVadConfig", "SileroVadState"]
 

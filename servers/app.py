@@ -11,9 +11,9 @@ from aiohttp import web
 from threadpoolctl import threadpool_limits
 
 from diarflow import __version__
-from diarflow.operators.models import Resources
+from diarflow.resources import load_resources
 from diarflow.servers.access_log import RedactingAccessLogger
-from diarflow.servers.jobs.service import job_api_problems, setup_jobs
+from diarflow.servers.jobs.service import job_api_problems, job_workers, setup_jobs
 from diarflow.servers.state import RESOURCES, SETTINGS, STARTED_AT, ServerSettings
 from diarflow.servers.stream import active_sessions, setup_stream
 
@@ -27,14 +27,15 @@ async def _resources_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     # one thread per model call: the stream pool (one thread per core) runs sessions in parallel; a
     # second level of model threads only added hand-offs (capacity 48-56 sessions instead of 32-48)
-    app[RESOURCES] = await asyncio.to_thread(Resources.load, settings.model_dir, 1)
+    app[RESOURCES] = await asyncio.to_thread(load_resources, settings.model_dir, 1)
     app[STARTED_AT] = time.monotonic()
     log.info("models loaded")
     yield
 
 
 async def health(request: web.Request) -> web.Response:
-    """``GET /health``: 200 ``ok``, or 503 ``degraded`` with the ``problems`` found (store, disk, workers)."""
+    """``GET /health``: 200 ``ok``, or 503 ``degraded`` with the ``problems`` found (store, disk, workers);
+    ``job_workers`` says where jobs run (``{"backend": "local"|"ray", "location", "slots"}``)."""
     app = request.app
     problems = job_api_problems(app)
     return web.json_response({
@@ -44,6 +45,7 @@ async def health(request: web.Request) -> web.Response:
         "models_loaded": RESOURCES in app,
         "uptime_s": round(time.monotonic() - app[STARTED_AT], 3),
         "sessions": active_sessions(app),
+        "job_workers": job_workers(app),
     }, status=503 if problems else 200)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -53,6 +54,12 @@ class ServerSettings:
         restart).
     jobs
         Job API limits, retention, retries.
+    public_url
+        The server's base URL as job workers reach it (``http(s)://host[:port][/prefix]``): they fetch
+        ``media://`` inputs from its presigned download URLs. ``None``: ``http://<host>:<port>``, with
+        ``127.0.0.1`` for a wildcard host (right when the workers run on this machine; a Ray cluster of
+        several nodes needs this machine's address as the other nodes see it). With ``port=0`` (an
+        ephemeral port, known only once bound) set it, or uploads cannot reach the workers.
     """
 
     host: str = "127.0.0.1"
@@ -69,8 +76,14 @@ class ServerSettings:
     resume_window_s: float = 60.0
     data_dir: Path | None = None
     jobs: JobsSettings = field(default_factory=JobsSettings)
+    public_url: str | None = None
 
     def __post_init__(self) -> None:
+        if self.public_url is not None:
+            parsed = urlsplit(self.public_url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment:
+                raise ValueError(f"public_url must be http(s)://host[:port][/prefix] without query, got "
+                                 f"{self.public_url!r} (hint: --public-url http://10.0.0.5:8000)")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         for name in ("idle_timeout_s", "start_timeout_s", "send_timeout_s", "heartbeat_s", "max_session_s",
@@ -79,6 +92,14 @@ class ServerSettings:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.max_live_sessions < 1:
             raise ValueError(f"max_live_sessions must be >= 1, got {self.max_live_sessions}")
+
+    @property
+    def base_url(self) -> str:
+        """``public_url`` without a trailing ``/``, or the URL derived from ``host`` and ``port``."""
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
 
 RESOURCES = web.AppKey("resources", Resources)

@@ -26,12 +26,13 @@ from typing import Any, AsyncIterator, Callable, Mapping, TypeVar
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from diarflow.live import LiveSession
+from diarflow.operators.constants import SAMPLE_RATE
 
 from diarflow.servers.auth import configured_api_keys, team_for_token
 from diarflow.servers.live_sessions import LiveRecord, ResumableSessions, new_resume_token
+from diarflow.servers.protocol import START_FIELDS
 from diarflow.servers.state import RESOURCES, SETTINGS, STREAM, ServerSettings
 from diarflow.servers.stream_messages import (
-    START_FIELDS,
     ProtocolError,
     close_reason,
     parse_text,
@@ -45,7 +46,6 @@ __all__ = ["MAX_FRAME_BYTES", "StreamRegistry", "STREAM", "active_sessions", "sn
 
 log = logging.getLogger("diarflow.server.stream")
 
-SAMPLE_RATE = 16000
 MAX_FRAME_BYTES = 1 << 20
 STATIC_DIR = Path(__file__).parent / "static"
 UNAUTHORIZED = 4401

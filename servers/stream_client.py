@@ -18,19 +18,19 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import aiohttp
 import numpy as np
 
+from diarflow.operators.constants import SAMPLE_RATE
+from diarflow.servers.protocol import BYTES_PER_SECOND, START_FIELDS
+
 __all__ = ["FRAME_BYTES", "StreamOutcome", "file_frames", "percentile_ms", "run_stream_command", "stream_frames"]
 
-FRAME_BYTES = 6400  # 200 ms of 16 kHz s16le mono, the recommended frame
-BYTES_PER_SECOND = 32000
-SAMPLE_RATE = 16000
+FRAME_BYTES = BYTES_PER_SECOND // 5  # 200 ms, the recommended frame
 MAX_RETRIES = 2
 RETRY_BASE_S = 1.0
 RESUMABLE_CLOSES = (None, 1001, 1006)  # a drop or a server going down, never a refusal (4xxx) or an end (1000)
 RESUME_WINDOW_S = 60.0  # the server's default resume window
 RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 1.0
-START: Mapping[str, Any] = {"type": "start", "sample_rate": 16000, "channels": 1, "sample_width": 2,
-                            "format": "pcm_s16le"}
+START: Mapping[str, Any] = {"type": "start", **START_FIELDS}
 
 
 @dataclass

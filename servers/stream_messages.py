@@ -12,13 +12,13 @@ from typing import Any, Callable, Mapping
 from aiohttp import WSCloseCode
 
 from diarflow.live import KnownSpeaker, LiveOptions, LiveSession
+from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.operators.messages import Snapshot
+from diarflow.operators.speaker_count import PYTHON_NAMES, SpeakerCount
 
-__all__ = ["MAX_CLOSE_REASON_BYTES", "ProtocolError", "START_FIELDS", "close_reason", "parse_text", "repeat_message",
+__all__ = ["MAX_CLOSE_REASON_BYTES", "ProtocolError", "close_reason", "parse_text", "repeat_message",
            "snapshot_message", "start_options", "step_and_render"]
 
-SAMPLE_RATE = 16000
-START_FIELDS: Mapping[str, object] = {"sample_rate": 16000, "channels": 1, "sample_width": 2, "format": "pcm_s16le"}
 MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 5.5: a control frame carries at most 125 bytes, 2 of them the code
 
 
@@ -109,15 +109,6 @@ def repeat_message(session: LiveSession, session_id: str) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
-def _optional_count(body: Mapping[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {name} must be an integer >= 1, got {value!r}")
-    return value
-
-
 def _known_speakers(value: Any) -> tuple[KnownSpeaker, ...]:
     """``start.speakers``: a list of ``{"label", "voiceprint"}`` (validated by :class:`KnownSpeaker`)."""
     if value is None:
@@ -138,9 +129,9 @@ def _known_speakers(value: Any) -> tuple[KnownSpeaker, ...]:
 
 def start_options(body: Mapping[str, Any]) -> LiveOptions:
     """The engine options a ``start`` message asks for; ``ProtocolError`` 1008 when they are invalid."""
-    counts = {n: _optional_count(body, n) for n in ("num_speakers", "min_speakers", "max_speakers")}
     try:
-        return LiveOptions(**counts, merge_similarity=body.get("merge_similarity"),
+        count = SpeakerCount.parse(*(body.get(name) for name in PYTHON_NAMES))
+        return LiveOptions(count.num, count.min, count.max, merge_similarity=body.get("merge_similarity"),
                            speakers=_known_speakers(body.get("speakers")))
     except ValueError as exc:
         raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {exc}") from None

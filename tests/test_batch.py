@@ -21,7 +21,7 @@ from aiohttp import web
 from diarflow.api import diarize
 from diarflow.batch import (FILES_SCHEMA, SEGMENTS_SCHEMA, BatchOptions, BatchWriter, expand_inputs,
                             run_batch)
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.operators.models import Resources
 from diarflow.testing.evaluation import DevItem
 from diarflow.testing.server_process import free_port

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diarflow.testing.evaluation import DevItem, equal_error_rate, speaker_cuts
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.operators.fbank import Fbank
 from diarflow.operators.models import SpeakerEmbeddingModel
 
@@ -96,8 +96,8 @@ def test_too_few_frames_refused(embedder: SpeakerEmbeddingModel) -> None:
 def test_channels_first_and_last_builds_agree(model_paths: ModelPaths, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import onnx
 
-    from diarflow.models.campplus_onnx import build_campplus_onnx
-    from diarflow.models.torch_zip import load_state_dict
+    from diarflow.provisioning.campplus_onnx import build_campplus_onnx
+    from diarflow.provisioning.torch_zip import load_state_dict
 
     weights = load_state_dict(model_paths.campplus.parent / "campplus_cn_en_common.pt")
     onnx.save(build_campplus_onnx(weights, channels_last=False), str(tmp_path / "first.onnx"))

@@ -44,8 +44,10 @@ def _run(config: OnlineClustererConfig, utterances: list[UtteranceEmbeddings]): 
 
 
 def test_no_hard_cap_on_speakers() -> None:
+    """Twelve voices, each heard for 3.75 s a minute: enough windows in the buffer to be a cluster of its
+    own (speakers with fewer than ``min_cluster_windows`` windows are folded into their nearest one)."""
     centres = _speakers(12)
-    utterances = [_utterance(5.0 * i, centres[i % 12], seed=i) for i in range(36)]
+    utterances = [_utterance(5.0 * i, centres[i % 12], windows=4, seed=i) for i in range(36)]  # 3.75 s turns
     final = _run(OnlineClustererConfig(), utterances)[-1]
     assert final.num_speakers == 12
     assert [t.speaker for t in final.turns][:12] == list(range(12))  # numbered by first appearance
@@ -81,6 +83,23 @@ def test_buffer_memory_is_bounded() -> None:
     state = clusterer.checkpoint()
     assert len(state.vectors) <= 20 // 4 * 2 + 4  # windows of the last ~20 s only
     assert len(state.history_vectors) == 0  # no history kept without offline refinement
+    assert len(state.prototype_sums) <= 2 * OnlineClustererConfig().prototypes_per_speaker
+    assert state.prototype_weights.sum() == 300 * 2 - len(state.vectors)  # every evicted window counted once
+
+
+def test_live_count_adapts_when_a_channel_lifts_every_similarity() -> None:
+    """Three voices behind a channel that adds one shared component (cross-speaker cosine ~0.6):
+    the live clusterer must still find three, where a fixed join threshold of 0.3 found one."""
+    centres = _speakers(3, seed=11)
+    channel = _speakers(1, seed=12)[0]
+    lifted = centres * 0.65 + channel * 0.76
+    lifted /= np.linalg.norm(lifted, axis=1, keepdims=True)
+    assert (lifted @ lifted.T)[np.triu_indices(3, 1)].min() > 0.55
+    utterances = [_utterance(4.0 * i, lifted[i % 3], windows=3, noise=0.02, seed=i) for i in range(60)]
+    snapshots = _run(OnlineClustererConfig(retention_samples=40 * RATE), utterances)
+    final = snapshots[-1]
+    assert final.num_speakers == 3
+    assert [t.speaker for t in final.turns][:6] == [0, 1, 2, 0, 1, 2]
 
 
 def test_refinement_relabels_globally_at_end_of_input() -> None:
@@ -94,9 +113,10 @@ def test_refinement_relabels_globally_at_end_of_input() -> None:
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"num_speakers": 2, "max_speakers": 3}, "cannot be combined"),
-    ({"min_speakers": 4, "max_speakers": 3}, "must be <="),
+    ({"min_speakers": 4, "max_speakers": 3}, "must not be greater"),
     ({"num_speakers": 0}, ">= 1"),
-    ({"assign_threshold": 1.5}, "assign_threshold"),
+    ({"prototypes_per_speaker": 0}, "prototypes_per_speaker"),
+    ({"merge_similarity": 1.5}, "merge_similarity"),
     ({"retention_samples": 10}, "retention_samples"),
 ])
 def test_config_validation(kwargs: dict[str, object], match: str) -> None:
@@ -176,3 +196,12 @@ def test_a_fixed_speaker_count_is_honoured_exactly(count: int) -> None:
     vectors, _ = _voices(np.random.default_rng(count), 4, 40, 0.5)
     labels = cluster_embeddings(vectors, min_speakers=count, max_speakers=count)
     assert len(np.unique(labels)) == count
+
+
+def test_live_ids_never_exceed_a_fixed_count() -> None:
+    """Five voices but num_speakers=2: every window is labelled, with at most two ids ever given out."""
+    centres = _speakers(5, seed=21)
+    utterances = [_utterance(4.0 * i, centres[i % 5], windows=3, seed=i) for i in range(40)]
+    snapshots = _run(OnlineClustererConfig(num_speakers=2, retention_samples=30 * RATE), utterances)
+    assert all(s.num_speakers <= 2 for s in snapshots)
+    assert {t.speaker for t in snapshots[-1].turns} == {0, 1}

@@ -66,13 +66,16 @@ class _Source:
 
 @dataclass(frozen=True)
 class RunningSum:
-    """Buffers numbers and emits their running total at each watermark (like a batched model call)."""
+    """Buffers numbers and emits their running total at each watermark (like a batched model call),
+    counting from ``start``."""
+
+    start: int = 0
 
     input_types: ClassVar[tuple[type, ...]] = (Numbers,)
     output_types: ClassVar[tuple[type, ...]] = (Total,)
 
     def build(self, state: tuple[int, tuple[int, ...], int] | None, resources: Any) -> Any:
-        return _RunningSum(*(state or (0, (), 0)), calls=resources)
+        return _RunningSum(*(state or (self.start, (), 0)), calls=resources)
 
 
 class _RunningSum:
@@ -174,8 +177,16 @@ def test_type_mismatch_cycle_and_sources_are_rejected() -> None:
 def test_digest_changes_with_config_and_replace_keeps_wiring() -> None:
     graph = _graph()
     assert graph.digest == _graph().digest
-    swapped = graph.replace("sum", RunningSum())
-    assert swapped.edges == graph.edges and swapped.digest == graph.digest
+    same = graph.replace("sum", RunningSum())
+    assert same.edges == graph.edges and same.digest == graph.digest  # an equal config: the same graph
+    changed = graph.replace("sum", RunningSum(start=100))
+    assert changed.edges == graph.edges and changed.nodes.keys() == graph.nodes.keys()
+    assert changed.digest != graph.digest
+    assert StreamingSession(changed, None).push((1, 2)) == [Total(103, 2)]  # the new config is the one used
+    session = StreamingSession(graph, None)
+    session.push((1, 2))
+    with pytest.raises(CheckpointMismatch):  # a checkpoint never resumes into a differently configured graph
+        StreamingSession(changed, None, session.checkpoint())
     with pytest.raises(GraphError, match="no node named"):
         graph.replace("missing", RunningSum())
 

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.servers.jobs.fetch import AddressPolicy, FetchError, new_session, request_guarded
 from diarflow.testing import ServerProcess, rss_bytes, upload, wait_for_job
 
@@ -34,9 +34,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_paths: ModelPaths) ->
 
 
 @pytest.fixture
-async def api(server: ServerProcess) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(server.url, headers=A) as session:
-        yield session
+def api_headers() -> dict[str, str]:
+    return A  # real clients send a JSON Content-Type even on GETs
 
 
 async def test_key_check_and_401(api: aiohttp.ClientSession) -> None:
@@ -65,6 +64,10 @@ async def test_key_check_and_401(api: aiohttp.ClientSession) -> None:
     ({"model": "precision-1"}, "model", "model must be one of"),
     ({"confidence": "yes"}, "confidence", "boolean"),
     ({"webhook": "ftp://example.com/x"}, "webhook", "http"),
+    ({"mergeSimilarity": 1.5}, "mergeSimilarity", "mergeSimilarity must be a number in (-1, 1]"),
+    ({"mergeSimilarity": -1}, "mergeSimilarity", "lower merges more speakers"),
+    ({"mergeSimilarity": "0.5"}, "mergeSimilarity", "got \"0.5\""),
+    ({"mergeSimilarity": True}, "mergeSimilarity", "(-1, 1]"),
 ])
 async def test_diarize_validation(api: aiohttp.ClientSession, patch: dict, field: str, message: str) -> None:
     body = {**DIARIZE_NULLS, "url": "https://example.com/a.wav", **patch}

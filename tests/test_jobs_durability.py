@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from diarflow.testing.evaluation import DevItem
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.testing import ServerProcess, children_of, upload, wait_for_job
 
 SECRET = "durability-secret"

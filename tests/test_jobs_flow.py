@@ -17,8 +17,10 @@ import pytest
 import soundfile as sf
 from aiohttp import web
 
+from diarflow.api import diarize
 from diarflow.testing.evaluation import DevItem, Turn, diarization_error_rate, read_rttm
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
+from diarflow.operators.models import Resources
 from diarflow.testing import ServerProcess, upload, wait_for_job
 
 SECRET = "flow-test-secret"
@@ -38,12 +40,6 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                              "backend": request.param},
                        model_dir=str(model_paths.campplus.parent)) as proc:
         yield proc
-
-
-@pytest.fixture
-async def api(server: ServerProcess) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(server.url, headers={"Authorization": "Bearer anything"}) as session:
-        yield session
 
 
 @pytest.fixture
@@ -169,6 +165,40 @@ async def test_upload_diarize_poll_der(api: aiohttp.ClientSession, dev06: DevIte
     assert sum(e["end"] - e["start"] for e in exclusive) <= total + 1e-6
     listed = await (await api.get("/v2/jobs?limit=100")).json()
     assert job_id in {i["id"] for i in listed["items"]}
+
+
+async def test_uploads_reach_the_worker_over_http_and_the_sensitivity_knob_reaches_the_engine(
+        api: aiohttp.ClientSession, server: ServerProcess, speech_clips: dict[str, DevItem], resources: Resources) -> None:
+    """The worker (a local process, or a Ray actor that shares nothing with the server but HTTP) fetches an
+    upload through the server's presigned media URL: the server's access log shows each fetch, and the
+    result equals ``diarize()`` in-process. ``mergeSimilarity`` reaches the engine on either backend: a
+    very low value merges the three voices of the clip into one."""
+    clip = speech_clips["three_speakers"]
+    await upload(api, "media://three.flac", clip.audio_path)
+    log_start = len(server.log_path.read_bytes())
+    job_ids = {}
+    for value in (None, -0.9):
+        response = await api.post("/v1/diarize", json={"url": "media://three.flac", "mergeSimilarity": value})
+        assert response.status == 200, await response.text()
+        job_ids[value] = (await response.json())["jobId"]
+    outputs = {}
+    for value, job_id in job_ids.items():
+        job = await wait_for_job(api, job_id, 180)
+        assert job["status"] == "succeeded", job
+        outputs[value] = job["output"]
+    fetches = server.log_path.read_bytes()[log_start:].decode().count('"GET /v1/media/download/***" 200 ')
+    assert fetches == 2, server.log_path.read_text()[-3000:]
+    assert outputs[None] == diarize(clip.audio_path, resources=resources).to_json()
+    speakers = {value: len({s["speaker"] for s in out["diarization"]}) for value, out in outputs.items()}
+    assert speakers[None] == 3 and speakers[-0.9] == 1, speakers
+
+
+async def test_health_names_the_worker_backend(server: ServerProcess) -> None:
+    async with aiohttp.ClientSession() as http, http.get(f"{server.url}/health") as response:
+        body = await response.json()
+    backend = server.config["jobs"]["backend"]
+    assert response.status == 200 and body["job_workers"] == {
+        "backend": backend, "location": "local Ray" if backend == "ray" else "this machine", "slots": 1}
 
 
 async def test_webhook_signed_retried_until_success(api: aiohttp.ClientSession, files: Files, dev06: DevItem) -> None:

@@ -9,7 +9,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Iterator
 
 import aiohttp
 import numpy as np
@@ -18,7 +18,7 @@ import soundfile as sf
 from aiohttp import web
 
 from diarflow.testing.evaluation import DevItem
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.testing import ServerProcess, rss_bytes, upload, wait_for_job
 
 pytestmark = pytest.mark.timeout(300)
@@ -53,12 +53,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_paths: ModelPaths) ->
                              "rate_limit_post": 100_000, "store_retry_max_s": 0.5},
                        auth_enabled=True, api_keys=KEYS, model_dir=str(model_paths.campplus.parent)) as proc:
         yield proc
-
-
-@pytest.fixture
-async def api(server: ServerProcess) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(server.url, headers=A) as session:
-        yield session
 
 
 async def _health(server: ServerProcess) -> tuple[int, dict]:

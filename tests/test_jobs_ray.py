@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.testing.evaluation import DevItem
 from diarflow.testing.server_process import ServerProcess, children_of, upload, wait_for_job
 

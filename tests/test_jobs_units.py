@@ -142,3 +142,15 @@ def test_close_reason_is_valid_utf8_within_123_bytes() -> None:
     for text in ("é" * 100, "😀" * 40, "a" * 200, "ok"):
         reason = close_reason(text)
         assert len(reason) <= 123 and text.startswith(reason.decode("utf-8"))
+
+
+def test_workers_fetch_from_the_public_url_or_one_derived_from_host_and_port() -> None:
+    from diarflow.servers.state import ServerSettings
+
+    assert ServerSettings(host="127.0.0.1", port=8000).base_url == "http://127.0.0.1:8000"
+    assert ServerSettings(host="0.0.0.0", port=9000).base_url == "http://127.0.0.1:9000"
+    assert ServerSettings(host="::1", port=8000).base_url == "http://[::1]:8000"
+    assert ServerSettings(public_url="https://diarflow.lan/api/").base_url == "https://diarflow.lan/api"
+    for bad in ("10.0.0.5:8000", "ftp://host", "http://host/?x=1", "http:///path"):
+        with pytest.raises(ValueError, match="public_url"):
+            ServerSettings(public_url=bad)

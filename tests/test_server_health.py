@@ -10,7 +10,7 @@ import urllib.request
 
 from aiohttp.test_utils import TestClient
 
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.servers.app import ServerSettings, make_app
 from diarflow.testing import free_port
 

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from diarflow.testing.evaluation import DevItem
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.servers.state import ServerSettings
 from diarflow.servers.stream_client import START, file_frames
 from diarflow.testing import ServerThread

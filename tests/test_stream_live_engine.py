@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from diarflow import live
-from diarflow.dataflow import StreamingSession
 from diarflow.live import CheckpointFile, LiveOptions, LiveSession
-from diarflow.operators.messages import PcmBytes, Snapshot
+from diarflow.operators.messages import Snapshot
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import PipelineConfig, build_graph
 from diarflow.operators.snapshots import relabelled_samples
@@ -39,12 +38,12 @@ def test_settled_horizon_never_moves_back_and_nothing_before_it_changes(
     cfg = PipelineConfig()
     graph = build_graph(replace(cfg, clustering=replace(cfg.clustering, retention_samples=20 * 16000),
                                 snapshots=replace(cfg.snapshots, settle_samples=settle_samples)))
-    session = StreamingSession(graph, resources)
+    session = LiveSession(LiveOptions(), resources, graph=graph)
     frames = file_frames(speech_clips["two_speakers"].audio_path)
     snapshots: list[Snapshot] = []
     for frame in frames:
-        snapshots.extend(m for m in session.push(PcmBytes(frame)) if isinstance(m, Snapshot))
-    snapshots.extend(m for m in session.close() if isinstance(m, Snapshot))
+        snapshots.extend(session.push(frame))
+    snapshots.extend(session.close())
     horizons = [s.settled_until_sample for s in snapshots]
     assert horizons == sorted(horizons) and horizons[-2] > 0, "the 20 s buffer must freeze some turns"
     assert horizons[-1] == sum(len(f) for f in frames) // 2, "final: settled up to the end of the audio"

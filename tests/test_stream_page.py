@@ -29,7 +29,7 @@ import soundfile as sf
 
 from diarflow.audio import decode_chunks
 from diarflow.testing.evaluation import DevItem, read_rttm
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.testing import ServerThread
 
 from diarflow.servers.stream_client import file_frames, stream_frames

@@ -16,7 +16,7 @@ import pytest
 from diarflow.dataflow import StreamingSession
 from diarflow.live import LiveSession
 from diarflow.testing.evaluation import DevItem
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.operators.messages import PcmBytes, Snapshot
 from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import PipelineConfig, build_graph

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from diarflow.live import LiveOptions, LiveSession
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.operators.models import Resources
 from diarflow.servers.state import ServerSettings
 from diarflow.servers.stream import snapshot_message

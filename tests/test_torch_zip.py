@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diarflow.models import ModelPaths
-from diarflow.models.torch_zip import UnsafeCheckpointError, load_state_dict
+from diarflow.provisioning import ModelPaths
+from diarflow.provisioning.torch_zip import UnsafeCheckpointError, load_state_dict
 
 
 def _write_checkpoint(path: Path, payload: bytes, storages: dict[str, bytes] | None = None) -> Path:
@@ -84,3 +84,20 @@ def test_non_dict_top_level_is_refused(tmp_path: Path) -> None:
     path = _write_checkpoint(tmp_path / "list.pt", pickle.dumps([1, 2, 3], protocol=2))
     with pytest.raises(UnsafeCheckpointError, match="not a dict of tensors"):
         load_state_dict(path)
+
+
+def test_training_checkpoint_metadata_loads_inert_and_only_when_named(tmp_path: Path) -> None:
+    """A Lightning-style checkpoint: ``{"version": pkg.Version("1.0"), "state_dict": {...}}``. The named
+    metadata class becomes an inert record (its module, which does not exist here, is never imported);
+    unnamed, it is refused like any other global."""
+    tensors = _tensor_pickle("w", "0", 2, (2,), (1,))[4:-2]  # the dict's items, without "}(" and "u."
+    version = b"cpkg.meta\nVersion\n" + _text("1.0") + b"\x85\x81"  # GLOBAL, TUPLE1, NEWOBJ
+    payload = (b"\x80\x02}(" + _text("version") + version + _text("state_dict") + b"}(" + tensors
+               + b"uu.")
+    path = _write_checkpoint(tmp_path / "lightning.ckpt", payload, {"0": np.ones(2, "<f4").tobytes()})
+    weights = load_state_dict(path, entry="state_dict", opaque_globals=["pkg.meta.Version"])
+    np.testing.assert_array_equal(weights["w"], np.ones(2, np.float32))
+    with pytest.raises(UnsafeCheckpointError, match="pkg.meta.Version, which is not on the allow-list"):
+        load_state_dict(path, entry="state_dict")
+    with pytest.raises(UnsafeCheckpointError, match="not a dict of tensors"):
+        load_state_dict(path, opaque_globals=["pkg.meta.Version"])  # the top level is not the weights

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from diarflow.testing.evaluation import DevItem
-from diarflow.models import ModelPaths
+from diarflow.provisioning import ModelPaths
 from diarflow.operators.messages import PcmFrame, SpeechRegion, SpeechStart, VadProbabilities
 from diarflow.operators.models import SileroVadModel, VadState
 from diarflow.operators.vad import SileroVadConfig

@@ -31,6 +31,12 @@ from diarflow.testing.evaluation import default_dev_dir
 FILES = 20
 
 
+def _load() -> str:
+    """The machine's load average (1, 5, 15 min): the machine is shared, so every number is printed with it."""
+    one, five, fifteen = os.getloadavg()
+    return f"[load average {one:.1f} / {five:.1f} / {fifteen:.1f} on {os.cpu_count()} cores]"
+
+
 def _dev_files() -> list[Path]:
     dev_dir = default_dev_dir()
     return sorted(dev_dir.glob("*.flac")) + sorted((dev_dir.parent / "dev-channels").glob("*.flac"))
@@ -95,7 +101,7 @@ def bench_batch(inputs: list[Path], workers: int) -> None:
     items, _ = expand_inputs([str(p) for p in inputs])
     started = time.perf_counter()
     expected = {i.uri: diarize(i.path, uri=i.uri).to_rttm() for i in items}
-    print(f"reference: diarize() in-process on {len(items)} files: {time.perf_counter() - started:.1f} s")
+    print(f"reference: diarize() in-process on {len(items)} files: {time.perf_counter() - started:.1f} s {_load()}")
     options = BatchOptions(formats=("rttm", "parquet"))
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         with _PeakRss(parent_pid=os.getpid()) as local_rss:
@@ -103,14 +109,15 @@ def bench_batch(inputs: list[Path], workers: int) -> None:
         local_rate = local.audio_s / 3600 / (local.wall_s / 60)
         print(f"batch --engine local --workers {workers}: {local.processed} files, {local.audio_s / 3600:.3f} h of "
               f"audio in {local.wall_s:.1f} s = {local_rate:.2f} h/min; {_same_rttm(Path(tmp) / 'local', expected)}; "
-              f"peak RSS per worker {local_rss.summary()}")
+              f"peak RSS per worker {local_rss.summary()} {_load()}")
 
         t0 = time.perf_counter()
         connection = connect(None, workers)
         startup_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         connection.close()
-        print(f"local Ray: ray.init(num_cpus={workers}) {startup_s:.1f} s, shutdown {time.perf_counter() - t0:.1f} s")
+        print(f"local Ray: ray.init(num_cpus={workers}) {startup_s:.1f} s, shutdown {time.perf_counter() - t0:.1f} s "
+              f"{_load()}")
 
         with _PeakRss(marker=b"MapBatches(_BatchActor)") as ray_rss:
             ray = run_batch([str(p) for p in inputs], Path(tmp) / "ray", options, engine="ray", workers=workers,
@@ -120,7 +127,7 @@ def bench_batch(inputs: list[Path], workers: int) -> None:
         print(f"batch --engine ray --workers {workers}: {ray.processed} files, {ray.audio_s / 3600:.3f} h of audio "
               f"in {ray.wall_s:.1f} s = {ray_rate:.2f} h/min ({without_startup:.2f} h/min without the "
               f"{startup_s:.1f} s Ray start); {_same_rttm(Path(tmp) / 'ray', expected)}; peak RSS per actor "
-              f"{ray_rss.summary()}")
+              f"{ray_rss.summary()} {_load()}")
         print(f"Ray overhead vs local: {(ray.wall_s / local.wall_s - 1) * 100:+.1f} % wall-clock "
               f"({(max(ray.wall_s - startup_s, 1e-9) / local.wall_s - 1) * 100:+.1f} % without the Ray start) "
               f"[target <= 15 %]")
@@ -167,7 +174,8 @@ def bench_jobs(inputs: list[Path], workers: int) -> None:
             wall_s, start_s, outputs = asyncio.run(_jobs_run(backend, inputs, workers, Path(tmp)))
             results[backend] = (wall_s, outputs)
             print(f"job API --workers {backend} ({workers} workers): {len(inputs)} queued jobs, {audio_h:.3f} h of "
-                  f"audio in {wall_s:.1f} s = {audio_h / (wall_s / 60):.2f} h/min (server start {start_s:.1f} s)")
+                  f"audio in {wall_s:.1f} s = {audio_h / (wall_s / 60):.2f} h/min (server start {start_s:.1f} s) "
+                  f"{_load()}")
         same = sum(json.dumps(results["local"][1][k], sort_keys=True) == json.dumps(results["ray"][1][k], sort_keys=True)
                    for k in results["local"][1])
         ratio = results["ray"][0] / results["local"][0]

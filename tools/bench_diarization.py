@@ -3,8 +3,9 @@
     python -m tools.bench_diarization [--mode offline|stream|both] [--only dev01,dev02]
 
 DER (pyannote.metrics, overlap scored, whole file) at a +-0.25 s collar and without collar, pooled
-over the files (total error / total reference speech), speaker-count accuracy, real-time factor with
-model loading reported separately, and the peak RSS of this process.
+over the files (total error / total reference speech), overlapped-speech recall and precision (10 ms
+frames where two or more speakers talk), speaker-count accuracy, real-time factor with model loading
+reported separately, and the peak RSS of this process.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import resource
 import time
 
 from diarflow.api import diarize
-from diarflow.testing.evaluation import Turn, diarization_error_rate, load_dev_items, read_rttm
+from diarflow.testing.evaluation import Turn, diarization_error_rate, load_dev_items, overlap_seconds, read_rttm
 from diarflow.operators.models import Resources
+from diarflow.resources import load_resources
 from tools import exit_without_dev_corpus
 
 
@@ -28,6 +30,7 @@ def run(mode: str, only: set[str] | None, resources: Resources) -> None:
     pooled = {0.25: [0.0, 0.0], 0.0: [0.0, 0.0]}
     audio_s = compute_s = 0.0
     right = total = 0
+    overlap = {"reference_s": 0.0, "hypothesis_s": 0.0, "hit_s": 0.0}
     print(f"\n== mode {mode} ==")
     print(f"{'uri':<12} {'spk':>6} {'DER@0.25':>9} {'miss':>6} {'FA':>6} {'conf':>6} {'DER@0':>7} {'RTF':>7}")
     for item in load_dev_items():
@@ -42,6 +45,8 @@ def run(mode: str, only: set[str] | None, resources: Resources) -> None:
         for c, s in scores.items():
             pooled[c][0] += s["missed_s"] + s["false_alarm_s"] + s["confusion_s"]
             pooled[c][1] += s["total_s"]
+        for key, value in overlap_seconds(reference, hypothesis, item.duration_s).items():
+            overlap[key] += value
         found = len(result.speakers)
         right += found == item.num_speakers
         total += 1
@@ -55,6 +60,9 @@ def run(mode: str, only: set[str] | None, resources: Resources) -> None:
           f"{pooled[0.0][0] / pooled[0.0][1] * 100:.2f} % without collar; speaker count right "
           f"{right}/{total}; RTF {compute_s / audio_s:.4f} ({audio_s / 60:.1f} min in {compute_s:.1f} s); "
           f"peak RSS {_peak_rss_mb():.0f} MB")
+    print(f"OVERLAP {mode}: {overlap['reference_s']:.1f} s in the references; recall "
+          f"{overlap['hit_s'] / max(overlap['reference_s'], 1e-9) * 100:.1f} %, precision "
+          f"{overlap['hit_s'] / max(overlap['hypothesis_s'], 1e-9) * 100:.1f} %")
 
 
 def main() -> None:
@@ -64,7 +72,7 @@ def main() -> None:
     parser.add_argument("--only", default="")
     args = parser.parse_args()
     started = time.perf_counter()
-    resources = Resources.load(parallel_calls=os.cpu_count() or 1)  # what diarize() uses by default
+    resources = load_resources(parallel_calls=os.cpu_count() or 1)  # what diarize() uses by default
     print(f"model loading: {time.perf_counter() - started:.2f} s")
     only = {u for u in args.only.split(",") if u} or None
     for mode in (["offline", "stream"] if args.mode == "both" else [args.mode]):

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from diarflow.testing.evaluation import equal_error_rate, load_dev_items, speaker_cuts
-from diarflow.models import default_model_dir, verify_models
-from diarflow.models.campplus_onnx import build_campplus_onnx
-from diarflow.models.torch_zip import load_state_dict
+from diarflow.provisioning import default_model_dir, verify_models
+from diarflow.provisioning.campplus_onnx import build_campplus_onnx
+from diarflow.provisioning.torch_zip import load_state_dict
 from diarflow.operators.fbank import Fbank
 from diarflow.operators.models import SpeakerEmbeddingModel
+from diarflow.operators.constants import SAMPLE_RATE
 from tools import exit_without_dev_corpus
 
 
@@ -39,7 +40,7 @@ def bench_throughput(model: SpeakerEmbeddingModel, fbank: Fbank) -> None:
     rng = np.random.default_rng(0)
     print("CAM++ throughput, 1 intra-op thread (fbank included):")
     for window_s in (1.5, 3.0, 10.0):
-        audio = (0.1 * rng.standard_normal(int(window_s * 16000))).astype(np.float32)
+        audio = (0.1 * rng.standard_normal(int(window_s * SAMPLE_RATE))).astype(np.float32)
         for batch in (1, 16):
             feats = np.stack([fbank.compute_normalised(audio)] * batch)
             model.embed(feats)  # warm-up

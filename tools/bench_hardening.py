@@ -22,8 +22,9 @@ import soundfile as sf
 
 from tools import exit_without_dev_corpus
 from diarflow.testing.evaluation import default_dev_dir, load_dev_items
-from diarflow.models import ensure_models
+from diarflow.provisioning import ensure_models
 from diarflow.testing import ServerProcess, rss_bytes, upload, wait_for_job
+from diarflow.operators.constants import SAMPLE_RATE
 
 CONCURRENCY = 20
 BATCH = 2000
@@ -106,7 +107,7 @@ def bench_recovery(model_dir: Path) -> None:
     items = {i.uri: i for i in load_dev_items(default_dev_dir())}
     with tempfile.TemporaryDirectory(prefix="bench-hardening-") as data_dir:
         clip = Path(data_dir) / "clip.wav"
-        samples, rate = sf.read(items["dev06"].audio_path, dtype="int16", frames=10 * 16000)
+        samples, rate = sf.read(items["dev06"].audio_path, dtype="int16", frames=10 * SAMPLE_RATE)
         sf.write(clip, np.asarray(samples), rate, subtype="PCM_16")
         with ServerProcess(Path(data_dir) / "server", faults=True, model_dir=str(model_dir),
                            jobs={"workers": 2, "rate_limit_get": 100_000}) as server:

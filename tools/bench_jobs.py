@@ -26,6 +26,7 @@ import soundfile as sf
 from tools import exit_without_dev_corpus
 from diarflow.testing.evaluation import load_dev_items
 from diarflow.testing import ServerProcess, upload, wait_for_job
+from diarflow.operators.constants import SAMPLE_RATE
 
 
 def _percentiles(samples: list[float]) -> str:
@@ -95,9 +96,9 @@ async def throughput_and_latency(server: ServerProcess, pollers: int = 50) -> No
 def make_long_flac(dest: Path, hours: float) -> float:
     """Concatenate dev files (repeating) into a 16 kHz FLAC of ``hours``; returns its duration in s."""
     sources = [i.audio_path for i in load_dev_items() if i.variant == "clean"]
-    target = int(hours * 3600 * 16000)
+    target = int(hours * 3600 * SAMPLE_RATE)
     written = 0
-    with sf.SoundFile(dest, "w", samplerate=16000, channels=1, format="FLAC", subtype="PCM_16") as out:
+    with sf.SoundFile(dest, "w", samplerate=SAMPLE_RATE, channels=1, format="FLAC", subtype="PCM_16") as out:
         while written < target:
             for path in sources:
                 audio, _ = sf.read(path, dtype="int16")
@@ -106,7 +107,7 @@ def make_long_flac(dest: Path, hours: float) -> float:
                 written += len(audio)
                 if written >= target:
                     break
-    return written / 16000
+    return written / SAMPLE_RATE
 
 
 async def long_input(server: ServerProcess, data_dir: Path, hours: float) -> None:

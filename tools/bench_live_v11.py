@@ -114,7 +114,7 @@ def checkpoints(items: list[DevItem], resources: Any, hours: float) -> None:
                         t0 = time.perf_counter()
                         size = file.save(session, {"session_id": "bench", "team": None})
                         write_ms.append((time.perf_counter() - t0) * 1000.0)
-                        journal = file.turns_path.stat().st_size
+                        journal = file.turns_path.stat().st_size if file.turns_path.exists() else 0
         elapsed = time.perf_counter() - started
     print(f"checkpoint after {session.samples_received / SAMPLE_RATE / 3600:.2f} h of audio "
           f"({elapsed:.0f} s to stream): {size / 1e6:.2f} MB (target <= 5 MB) plus {journal / 1e3:.0f} kB of settled "

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.testing.evaluation import load_dev_items
 
 _CHILD = r"""
@@ -38,10 +39,10 @@ print(json.dumps({"load_s": t1 - t0, "diarize_s": t2 - t1, "duration_s": result.
 def make_long_file(path: Path, hours: float) -> Path:
     if path.exists():
         return path
-    target = int(hours * 3600 * 16000)
+    target = int(hours * 3600 * SAMPLE_RATE)
     written = 0
     items = load_dev_items()
-    with sf.SoundFile(path, "w", samplerate=16000, channels=1, subtype="PCM_16", format="FLAC") as out:
+    with sf.SoundFile(path, "w", samplerate=SAMPLE_RATE, channels=1, subtype="PCM_16", format="FLAC") as out:
         while written < target:
             for item in items:
                 audio, _ = sf.read(item.audio_path, dtype="int16")

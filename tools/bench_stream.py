@@ -33,6 +33,7 @@ import aiohttp
 from tools import exit_without_dev_corpus
 from diarflow.testing.evaluation import DevItem, Turn, diarization_error_rate, load_dev_items, read_rttm
 from diarflow.servers.stream_client import StreamOutcome, file_frames, percentile_ms, stream_frames
+from diarflow.servers.protocol import BYTES_PER_SECOND
 from diarflow.testing import free_port
 
 FRAME_S = 0.2
@@ -156,7 +157,7 @@ def _snapshot_problems(body: dict[str, Any]) -> list[str]:
 
 async def bench_long_session(server: ServerProcess, library: list[list[bytes]], hours: float) -> None:
     print(f"== one {hours:g} h session, fed faster than real time ==", flush=True)
-    total_bytes = int(hours * 3600) * 32000  # exactly the length asked for: file-end frames are short
+    total_bytes = int(hours * 3600) * BYTES_PER_SECOND  # exactly the length asked for: file-end frames are short
     rss = [("start", server.rss_mb())]
     checked = bad = 0
     old_count = 0
@@ -198,7 +199,7 @@ async def bench_long_session(server: ServerProcess, library: list[list[bytes]], 
     elapsed = time.monotonic() - started
     rss.append(("end", server.rss_mb()))
     final = outcome.final or {"data": {"segments": []}, "stats": {}}
-    audio_s = sent / 32000
+    audio_s = sent / BYTES_PER_SECOND
     print(f"audio {audio_s / 3600:.2f} h in {elapsed:.0f} s ({audio_s / elapsed:.1f}x real time); "
           f"close {outcome.close_code} {outcome.close_reason!r}; final: {len(final['data']['segments'])} segments, "
           f"{final['stats'].get('utterances')} utterances", flush=True)

@@ -2,7 +2,7 @@
 
     python -m tools.bench_stream_compute [--parallel-calls 1]
 
-Streams every dev recording through a :class:`StreamingSession` in 6400-byte s16le chunks as fast
+Streams every dev recording through a :class:`StreamingSession` in 200 ms s16le chunks (``FRAME_BYTES``) as fast
 as possible and times each ``push``. Pushes that close an utterance (a snapshot comes out) are the
 per-utterance figure; the others are the per-chunk figure. Prints numbers; asserts nothing.
 """
@@ -19,8 +19,9 @@ from diarflow.audio import to_s16le
 from diarflow.dataflow import StreamingSession
 from diarflow.testing.evaluation import load_dev_items
 from diarflow.operators.messages import PcmBytes, Snapshot
-from diarflow.operators.models import Resources
 from diarflow.operators.pipeline import build_graph
+from diarflow.resources import load_resources
+from diarflow.servers.stream_client import FRAME_BYTES
 from tools import exit_without_dev_corpus
 
 
@@ -29,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--parallel-calls", type=int, default=1)
     args = parser.parse_args()
-    resources = Resources.load(parallel_calls=args.parallel_calls)
+    resources = load_resources(parallel_calls=args.parallel_calls)
     graph = build_graph()
     chunk_ms: list[float] = []
     utterance_ms: list[float] = []
@@ -37,9 +38,9 @@ def main() -> None:
         audio, _ = sf.read(item.audio_path, dtype="float32")
         payload = to_s16le(audio)
         session = StreamingSession(graph, resources)
-        for lo in range(0, len(payload), 6400):
+        for lo in range(0, len(payload), FRAME_BYTES):
             started = time.perf_counter()
-            out = session.push(PcmBytes(payload[lo:lo + 6400]))
+            out = session.push(PcmBytes(payload[lo:lo + FRAME_BYTES]))
             elapsed = (time.perf_counter() - started) * 1000
             (utterance_ms if any(isinstance(m, Snapshot) for m in out) else chunk_ms).append(elapsed)
         session.close()

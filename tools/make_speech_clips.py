@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.testing.evaluation import Turn, read_rttm
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)

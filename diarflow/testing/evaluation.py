@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diarflow.operators.constants import SAMPLE_RATE
+
 __all__ = [
     "DevItem",
     "Turn",
@@ -158,7 +160,7 @@ def equal_error_rate(scores: np.ndarray, same_speaker: np.ndarray) -> tuple[floa
 
 
 def speaker_cuts(
-    items: list[DevItem], cut_s: float, max_per_speaker: int = 12, sample_rate: int = 16000
+    items: list[DevItem], cut_s: float, max_per_speaker: int = 12, sample_rate: int = SAMPLE_RATE
 ) -> tuple[list[np.ndarray], list[str]]:
     """Single-speaker audio cuts of exactly ``cut_s`` seconds for verification trials.
 
@@ -223,3 +225,25 @@ def diarization_error_rate(
         "confusion_s": float(details["confusion"]),
         "total_s": float(details["total"]),
     }
+
+
+def overlap_seconds(reference: list[Turn], hypothesis: list[Turn], duration_s: float,
+                    resolution_s: float = 0.01) -> dict[str, float]:
+    """How much overlapped speech (two or more different speakers at once) each side has, and how much
+    of it they share, on a ``resolution_s`` grid over ``[0, duration_s]``.
+
+    Returns ``{"reference_s", "hypothesis_s", "hit_s"}``: recall is ``hit_s / reference_s``, precision
+    ``hit_s / hypothesis_s``.
+    """
+    frames = int(np.ceil(duration_s / resolution_s))
+
+    def overlapped(turns: list[Turn]) -> np.ndarray:
+        speakers = sorted({t.speaker for t in turns})
+        active = np.zeros((len(speakers), frames), bool)
+        for t in turns:
+            active[speakers.index(t.speaker), round(t.start_s / resolution_s):round(t.end_s / resolution_s)] = True
+        return active.sum(axis=0) >= 2
+
+    ref, hyp = overlapped(reference), overlapped(hypothesis)
+    return {"reference_s": float(ref.sum() * resolution_s), "hypothesis_s": float(hyp.sum() * resolution_s),
+            "hit_s": float((ref & hyp).sum() * resolution_s)}

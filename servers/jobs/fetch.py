@@ -16,7 +16,7 @@ from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 __all__ = ["AddressPolicy", "FetchError", "GuardedResolver", "address_refused", "check_url", "download", "new_session",
-           "request_guarded"]
+           "preflight", "request_guarded"]
 
 MAX_REDIRECTS = 2
 _CHUNK_BYTES = 1 << 16
@@ -103,6 +103,30 @@ def check_url(url: str | URL, policy: AddressPolicy) -> URL:
     if literal and policy.refuses(host):
         raise FetchError("the URL points to a non-public address", "refused")
     return parsed
+
+
+async def preflight(url: str, policy: AddressPolicy) -> None:
+    """Fail fast on a URL whose host can only reach refused addresses, before a worker is given it.
+
+    The worker's own download checks again, on its machine and on every connection (DNS rebinding);
+    this only saves handing a worker a URL it must refuse. A name that does not resolve here passes:
+    the worker reports what it finds.
+
+    Raises
+    ------
+    FetchError
+        Not http(s), a numeric shorthand host, or only refused addresses (``reason="refused"``).
+    """
+    parsed = check_url(url, policy)
+    resolver = GuardedResolver(policy)
+    try:
+        await resolver.resolve(str(parsed.host).strip("[]"), parsed.port or 0)
+    except RefusedAddress:
+        raise FetchError("the URL points to a non-public address", "refused") from None
+    except OSError:
+        pass
+    finally:
+        await resolver.close()
 
 
 def new_session(policy: AddressPolicy, total_timeout_s: float | None = None, **kwargs: Any) -> aiohttp.ClientSession:

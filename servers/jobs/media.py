@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-__all__ = ["MEDIA_KEY_RE", "MediaStore", "UrlSigner", "load_or_create_secret"]
+__all__ = ["DOWNLOAD_ROUTE", "MEDIA_KEY_RE", "UPLOAD_ROUTE", "MediaStore", "UrlSigner", "load_or_create_secret"]
 
 # \Z, not $: "$" also matches before a trailing newline; callers use fullmatch
 MEDIA_KEY_RE = re.compile(r"media://[a-zA-Z0-9\-_./]+\Z")
+# the presigned URLs' routes (clients upload and download there; job workers fetch their inputs there)
+UPLOAD_ROUTE = "/v1/media/upload/{token}"
+DOWNLOAD_ROUTE = "/v1/media/download/{token}"
 
 
 def load_or_create_secret(path: Path) -> bytes:

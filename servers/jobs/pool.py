@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from diarflow.servers.jobs.settings import JobsSettings
-from diarflow.servers.jobs.worker import StoreProgress, init_worker, run_job
+from diarflow.servers.jobs.worker import JobInput, StoreProgress, init_worker, run_job
 
 __all__ = ["JobCall", "LocalProcessSlot", "RayActorSlot", "WorkerLost", "WorkerPool", "WorkerSlot", "make_pool"]
 
@@ -27,15 +27,14 @@ class WorkerLost(Exception):
 
 @dataclass(frozen=True)
 class JobCall:
-    """One job as a worker runs it: a local input file and the job's parameters."""
+    """One job as a worker runs it: where to fetch its input, and its parameters."""
 
     job_id: str
     kind: str
-    input_path: str
+    source: JobInput
     params: dict[str, Any]
     db_path: str
     max_audio_s: float
-    source_name: str
 
 
 class WorkerSlot(Protocol):
@@ -68,8 +67,7 @@ class LocalProcessSlot:
         self._pool = self._new_pool()
 
     async def run(self, call: JobCall) -> dict[str, Any] | None:
-        args = (call.job_id, call.kind, call.input_path, call.params, call.db_path, call.max_audio_s,
-                call.source_name)
+        args = (call.job_id, call.kind, call.source, call.params, call.db_path, call.max_audio_s)
         loop = asyncio.get_running_loop()
         try:
             try:
@@ -96,9 +94,9 @@ class LocalProcessSlot:
 class RayActorSlot:
     """One Ray actor (models loaded once; restarted by Ray if its process dies).
 
-    The actor reads the input path the server prepared (so the server's ``--data-dir`` must be
-    readable on every Ray node: the head node itself, or a shared filesystem) and reports progress
-    to this slot, which writes it to the store and asks the actor to stop once the job is canceled.
+    The actor fetches the job's input over HTTP (an upload from the server's presigned media URL, a
+    remote URL directly), so it needs nothing of the server's disk, and reports progress to this slot,
+    which writes it to the store and asks the actor to stop once the job is canceled.
     """
 
     def __init__(self, model_dir: str | None) -> None:
@@ -118,7 +116,7 @@ class RayActorSlot:
         try:
             return await self._actor.call(
                 "diarflow.servers.jobs.worker:run_job_reporting",
-                (call.kind, call.input_path, call.params, call.max_audio_s, call.source_name), on_poll)
+                (call.kind, call.source, call.params, call.max_audio_s), on_poll)
         except ActorLost:
             raise WorkerLost() from None
         finally:
@@ -129,11 +127,26 @@ class RayActorSlot:
 
 
 class WorkerPool:
-    """The slots of one backend, and what to shut down with them."""
+    """The slots of one backend, and what to shut down with them.
 
-    def __init__(self, slots: list[WorkerSlot], on_close: Any = None) -> None:
+    Parameters
+    ----------
+    slots
+        One per job that can run at once.
+    on_close
+        Called after the slots are closed (e.g. stop the local Ray this pool started).
+    backend
+        ``"local"`` or ``"ray"`` (reported by ``/health``).
+    location
+        Where the workers run, for ``/health``: ``"this machine"``, ``"local Ray"`` or the Ray address joined.
+    """
+
+    def __init__(self, slots: list[WorkerSlot], on_close: Any = None, backend: str = "local",
+                 location: str = "this machine") -> None:
         self.slots = slots
         self._on_close = on_close
+        self.backend = backend
+        self.location = location
 
     def close(self) -> None:
         for slot in self.slots:
@@ -157,4 +170,5 @@ def make_pool(settings: JobsSettings, model_dir: str | None) -> WorkerPool:
     connection = connect(settings.ray_address, settings.workers or None)
     count = settings.workers or connection.cpus
     return WorkerPool([RayActorSlot(model_dir) for _ in range(count)],
-                      on_close=connection.close if connection.started_here else None)
+                      on_close=connection.close if connection.started_here else None, backend="ray",
+                      location="local Ray" if connection.started_here else f"Ray cluster at {settings.ray_address}")

@@ -17,7 +17,7 @@ from typing import IO, Any, AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from diarflow.servers.jobs.keys import KeyRing
-from diarflow.servers.jobs.media import MediaStore, UrlSigner
+from diarflow.servers.jobs.media import DOWNLOAD_ROUTE, UPLOAD_ROUTE, MediaStore, UrlSigner
 from diarflow.servers.jobs.ratelimit import RateLimiter, Verdict
 from diarflow.servers.jobs.runner import JobRunner
 from diarflow.servers.jobs.settings import JobsSettings
@@ -405,8 +405,8 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/v1/test", test_key)
     router.add_post("/v1/media/input", media_input)
     router.add_post("/v1/media/output", media_output)
-    router.add_put("/v1/media/upload/{token}", media_upload, name="jobs_media_upload")
-    router.add_get("/v1/media/download/{token}", media_download, name="jobs_media_download")
+    router.add_put(UPLOAD_ROUTE, media_upload, name="jobs_media_upload")
+    router.add_get(DOWNLOAD_ROUTE, media_download, name="jobs_media_download")
     router.add_post("/v1/diarize", diarize)
     router.add_post("/v1/voiceprint", voiceprint)
     router.add_post("/v1/identify", identify)

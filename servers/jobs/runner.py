@@ -9,14 +9,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from diarflow.servers.jobs.fetch import FetchError, download
-from diarflow.servers.jobs.media import MediaStore
+from diarflow.servers.jobs.fetch import AddressPolicy, FetchError, preflight
+from diarflow.servers.jobs.media import DOWNLOAD_ROUTE, MediaStore, UrlSigner
 from diarflow.servers.jobs.pool import JobCall, WorkerLost, WorkerPool, WorkerSlot, make_pool
 from diarflow.servers.jobs.settings import JobsSettings
-from diarflow.servers.jobs.store import Job, JobStore, StoreError
-from diarflow.servers.jobs.worker import JobFailure
+from diarflow.servers.jobs.store import Job, JobStore, StoreError, until_stored
+from diarflow.servers.jobs.worker import JobFailure, JobInput
 
 __all__ = ["JobRunner", "webhook_body"]
 
@@ -34,10 +32,11 @@ def webhook_body(job: Job, status: str, output: dict[str, Any]) -> bytes:
 
 
 class JobRunner:
-    """Queue of job ids served by ``settings.worker_count`` worker processes.
+    """Queue of job ids served by a pool of workers (local processes or Ray actors).
 
-    A job's input is fetched here (async, capped, SSRF-guarded) into a work folder, then the worker
-    diarizes the local file. Outcomes go to the store with a compare-and-set on the status, so a
+    A worker fetches its job's input itself (capped, SSRF-guarded): an upload through a presigned
+    download URL of this server (``base_url``), a remote URL directly; nothing but HTTP connects a
+    worker to this machine. Outcomes go to the store with a compare-and-set on the status, so a
     canceled job or a repeated result never produces a second outcome or a second webhook.
 
     Store errors (a full disk) never end a slot: an outcome that cannot be written is kept and
@@ -46,12 +45,13 @@ class JobRunner:
     """
 
     def __init__(self, store: JobStore, media: MediaStore, work_dir: Path, settings: JobsSettings,
-                 model_dir: Path | None, http: aiohttp.ClientSession) -> None:
+                 model_dir: Path | None, signer: UrlSigner, base_url: str) -> None:
         self.store = store
         self.media = media
         self.work_dir = work_dir
         self.settings = settings
-        self.http = http
+        self.signer = signer
+        self.base_url = base_url.rstrip("/")
         self._model_dir = str(model_dir) if model_dir else None
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._pool = WorkerPool([])
@@ -69,6 +69,10 @@ class JobRunner:
             log.info("re-queued job %s after restart", job.id)
             self._queue.put_nowait(job.id)
         self._tasks = [asyncio.create_task(self._serve(slot)) for slot in self._pool.slots]
+
+    def workers(self) -> dict[str, Any]:
+        """The worker pool as ``/health`` reports it: backend, where it runs, slots (jobs at once)."""
+        return {"backend": self._pool.backend, "location": self._pool.location, "slots": len(self._pool.slots)}
 
     def dead_slots(self) -> int:
         """Slots whose serving task has ended (none should: reported by ``/health``)."""
@@ -96,14 +100,8 @@ class JobRunner:
     async def record(self, job: Job, status: str, output: dict[str, Any],
                      from_statuses: tuple[str, ...] = ("created", "running")) -> bool:
         """:meth:`finish`, tried again (with back-off) until the store accepts it: the outcome is never dropped."""
-        delay_s = 0.1
-        while True:
-            try:
-                return self.finish(job, status, output, from_statuses)
-            except StoreError as exc:
-                log.warning("job %s: cannot record %s yet (%s); retrying in %.1f s", job.id, status, exc, delay_s)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, self.settings.store_retry_max_s)
+        return await until_stored(lambda: self.finish(job, status, output, from_statuses),
+                                  f"job {job.id}: cannot record {status}", self.settings.store_retry_max_s, log)
 
     def _submit_later(self, job_id: str, delay_s: float) -> None:
         loop = asyncio.get_running_loop()
@@ -143,38 +141,43 @@ class JobRunner:
         if job is not None:
             await self.record(job, "failed", {"error": "Internal error while processing the job"})
 
-    async def _prepare_input(self, job: Job) -> tuple[str, str]:
-        """Local path of the job's audio and the name to show in errors."""
+    async def _prepare_input(self, job: Job) -> JobInput:
+        """Where the worker fetches the job's audio: a presigned download URL of an upload, or the remote URL.
+
+        Raises
+        ------
+        JobFailure
+            A ``media://`` key that was never uploaded (or has expired); a URL that can only reach
+            refused addresses (checked here too, so that no worker is started for it).
+        """
         url = job.params["url"]
+        limit = self.settings.voiceprint_max_bytes if job.kind == "voiceprint" else self.settings.upload_max_bytes
         if url.startswith("media://"):
             found = self.store.get_media(job.team, url)
             if found is None or not Path(found[0]).is_file():
                 raise JobFailure(f"Could not load audio: {url} was not uploaded (or has expired)")
-            return found[0], url
-        folder = self.work_dir / job.id
-        folder.mkdir(parents=True, exist_ok=True)
-        dest = folder / "input"
-        limit = self.settings.voiceprint_max_bytes if job.kind == "voiceprint" else self.settings.upload_max_bytes
+            token = self.signer.sign("get", job.team, url, self.settings.upload_url_ttl_s)
+            # our own URL: reachable even where the policy refuses private addresses
+            return JobInput(self.base_url + DOWNLOAD_ROUTE.format(token=token), url, limit,
+                            self.settings.fetch_timeout_s, AddressPolicy(allow_private=True), from_server=True)
+        policy = self.settings.address_policy
         try:
-            await asyncio.wait_for(download(self.http, url, dest, limit, self.settings.address_policy),
-                                   self.settings.fetch_timeout_s)
+            await preflight(url, policy)
         except FetchError as exc:
             raise JobFailure(f"Could not load audio: {exc}") from None
-        except asyncio.TimeoutError:
-            raise JobFailure("Could not load audio: timed out while downloading") from None
-        return str(dest), "the downloaded file"
+        return JobInput(url, "the downloaded file", limit, self.settings.fetch_timeout_s, policy)
 
     async def _run(self, slot: WorkerSlot, job_id: str) -> None:
         job = self.store.get_job(job_id)
         if job is None or not self.store.mark_running(job_id):
             return  # canceled or expired while queued
         try:
-            path, name = await self._prepare_input(job)
+            source = await self._prepare_input(job)
             params = dict(job.params)
             if job.kind == "voiceprint":
                 params["maxAudioS"] = self.settings.voiceprint_max_audio_s
-            output = await slot.run(JobCall(job.id, job.kind, path, params, str(self.store.path),
-                                            self.settings.max_audio_s, name))
+            output = await slot.run(JobCall(job.id, job.kind, source, params, str(self.store.path),
+                                            self.settings.max_audio_s))
         except JobFailure as exc:
             await self.record(job, "failed", {"error": str(exc)})
             return
@@ -189,14 +192,8 @@ class JobRunner:
 
     async def _requeue_durably(self, job: Job, crashed: bool = False) -> Job:
         """Put ``job`` back to ``created`` in the store, trying again until the store accepts it."""
-        delay_s = 0.1
-        while True:
-            try:
-                return self.store.requeue(job.id, crashed=crashed) or job
-            except StoreError as exc:
-                log.warning("job %s: cannot re-queue yet (%s)", job.id, exc)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, self.settings.store_retry_max_s)
+        return await until_stored(lambda: self.store.requeue(job.id, crashed=crashed) or job,
+                                  f"job {job.id}: cannot re-queue", self.settings.store_retry_max_s, log)
 
     async def _after_crash(self, job: Job) -> None:
         """The worker died under ``job``: run it once more, or fail it after a second crash."""

@@ -8,7 +8,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 from aiohttp import web
 
@@ -23,7 +23,7 @@ from diarflow.servers.jobs.store import JobStore
 from diarflow.servers.jobs.webhooks import WebhookDispatcher, WebhookSecrets
 from diarflow.servers.state import SETTINGS
 
-__all__ = ["JOBS", "JobsSettings", "default_data_dir", "job_api_problems", "setup_jobs", "sweep"]
+__all__ = ["JOBS", "JobsSettings", "default_data_dir", "job_api_problems", "job_workers", "setup_jobs", "sweep"]
 
 log = logging.getLogger("diarflow.jobs")
 
@@ -81,11 +81,16 @@ def job_api_problems(app: web.Application) -> list[str]:
             problems.append(f"data directory: {free_bytes >> 20} MiB free, below {ctx.settings.min_free_bytes >> 20} MiB")
     dead = ctx.runner.dead_slots()
     if dead:
-        problems.append(f"job workers: {dead} of {ctx.settings.worker_count} slots stopped")
+        problems.append(f"job workers: {dead} of {ctx.runner.workers()['slots']} slots stopped")
     stopped = sum(1 for task in app.get(JOB_TASKS, []) if task.done())
     if stopped:
         problems.append(f"job API: {stopped} background tasks stopped (webhooks, retention)")
     return problems
+
+
+def job_workers(app: web.Application) -> dict[str, Any] | None:
+    """The job API's worker pool for ``/health`` (``{"backend", "location", "slots"}``); ``None`` before start-up."""
+    return app[JOBS].runner.workers() if JOBS in app else None
 
 
 def setup_jobs(app: web.Application) -> None:
@@ -110,9 +115,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if removed:
         log.info("removed %d partial uploads left by an earlier run", removed)
     http = new_session(settings.address_policy)
-    runner = JobRunner(store, media, work_dir, settings, server.model_dir, http)
-    ctx = JobsContext(settings, store, media, UrlSigner(load_or_create_secret(root / "server_secret")),
-                      KeyRing.from_env(server.auth_enabled, server.api_keys),
+    signer = UrlSigner(load_or_create_secret(root / "server_secret"))
+    runner = JobRunner(store, media, work_dir, settings, server.model_dir, signer, server.base_url)
+    ctx = JobsContext(settings, store, media, signer, KeyRing.from_env(server.auth_enabled, server.api_keys),
                       RateLimiter(max_windows=settings.rate_limit_windows), runner)
     app[JOBS] = ctx
     dispatcher = WebhookDispatcher(store, WebhookSecrets.load(root), settings, http, runner.on_terminal)
@@ -124,7 +129,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         raise
     tasks = [asyncio.create_task(dispatcher.run()), asyncio.create_task(_sweeper(ctx, work_dir))]
     app[JOB_TASKS] = tasks
-    log.info("job API ready: data in %s, %d workers", root, settings.worker_count)
+    workers = runner.workers()
+    log.info("job API ready: data in %s, %d %s workers (%s); workers fetch uploads from %s", root,
+             workers["slots"], workers["backend"], workers["location"], server.base_url)
     try:
         yield
     finally:

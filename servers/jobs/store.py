@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import logging
 import sqlite3
 import time
 import uuid
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Concatenate, ParamSpec, TypeVar
 
-__all__ = ["Job", "Delivery", "JobStore", "StoreError", "StoreHealth", "TERMINAL", "connect"]
+__all__ = ["Job", "Delivery", "JobStore", "StoreError", "StoreHealth", "TERMINAL", "connect", "until_stored"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -75,6 +77,33 @@ class StoreError(Exception):
 
     The store itself stays usable: the next call tries again, so callers retry or answer 503.
     """
+
+
+async def until_stored(call: Callable[[], R], what: str, max_delay_s: float, logger: logging.Logger,
+                       first_delay_s: float = 0.1) -> R:
+    """``call()``, tried again while it raises :class:`StoreError` (a full disk), with pauses doubling
+    from ``first_delay_s`` up to ``max_delay_s`` seconds: what must be recorded is never dropped.
+
+    Parameters
+    ----------
+    call
+        One store operation (a write, or a read-modify-write).
+    what
+        Logged before each retry as ``"<what> yet (<error>); retrying in <s> s"``, e.g.
+        ``"job <id>: cannot record succeeded"``.
+    max_delay_s
+        Longest pause between two attempts, seconds (> 0).
+    logger
+        Where the retries are logged (warning level).
+    """
+    delay_s = first_delay_s
+    while True:
+        try:
+            return call()
+        except StoreError as exc:
+            logger.warning("%s yet (%s); retrying in %.1f s", what, exc, delay_s)
+        await asyncio.sleep(delay_s)
+        delay_s = min(delay_s * 2, max_delay_s)
 
 
 @dataclass

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from yarl import URL
 
+from diarflow.operators.speaker_count import speaker_count_errors
+from diarflow.operators.clustering import OnlineClustererConfig
 from diarflow.servers.jobs.media import MEDIA_KEY_RE
 from diarflow.voiceprints import DEFAULT_EXCLUSIVE, DEFAULT_THRESHOLD, decode_voiceprint
 
 __all__ = ["ValidationFailed", "parse_diarize", "parse_identify", "parse_media_key", "parse_voiceprint"]
 
 MODELS = frozenset({"precision-2", "community-1"})
+DEFAULT_MERGE_SIMILARITY = OnlineClustererConfig.merge_similarity
 MAX_URL_CHARS = 4096
+_SPEAKER_FIELDS = ("numSpeakers", "minSpeakers", "maxSpeakers")
 
 
 class ValidationFailed(Exception):
@@ -45,14 +50,16 @@ class _Checker:
             return False
         return value
 
-    def count(self, field: str) -> int | None:
+    def similarity(self, field: str) -> float | None:
+        """A cosine similarity in (-1, 1], or ``None`` when not set."""
         value = self.body.get(field)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            self.fail(field, f"{field} must be an integer >= 1")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 < value <= 1.0:
+            self.fail(field, f"{field} must be a number in (-1, 1] (lower merges more speakers; default "
+                             f"{DEFAULT_MERGE_SIMILARITY}), got {json.dumps(value)[:40]}")
             return None
-        return value
+        return float(value)
 
     def http_url(self, field: str, required: bool) -> str | None:
         value = self.body.get(field)
@@ -112,17 +119,16 @@ def _common(check: _Checker) -> dict[str, Any]:
 
 
 def _diarization_fields(check: _Checker, params: dict[str, Any]) -> None:
-    num, low, high = check.count("numSpeakers"), check.count("minSpeakers"), check.count("maxSpeakers")
-    if num is not None and (check.get("minSpeakers") is not None or check.get("maxSpeakers") is not None):
-        check.fail("numSpeakers", "numSpeakers cannot be combined with minSpeakers or maxSpeakers")
-    if low is not None and high is not None and low > high:
-        check.fail("minSpeakers", "minSpeakers must not be greater than maxSpeakers")
+    num, low, high = (check.get(name) for name in _SPEAKER_FIELDS)
+    for field, message in speaker_count_errors(num, low, high, _SPEAKER_FIELDS):
+        check.fail(field, message)
     if check.get("transcription") is True:
         check.fail("transcription", "transcription is not supported by this server")
     elif check.get("transcription") is not None and not isinstance(check.get("transcription"), bool):
         check.fail("transcription", "transcription must be a boolean")
     params.update(numSpeakers=num, minSpeakers=low, maxSpeakers=high, confidence=check.flag("confidence"),
-                  turnLevelConfidence=check.flag("turnLevelConfidence"), exclusive=check.flag("exclusive"))
+                  turnLevelConfidence=check.flag("turnLevelConfidence"), exclusive=check.flag("exclusive"),
+                  mergeSimilarity=check.similarity("mergeSimilarity"))
 
 
 def parse_diarize(body: Any) -> dict[str, Any]:

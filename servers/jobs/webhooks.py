@@ -23,7 +23,7 @@ import aiohttp
 from diarflow.servers.jobs.fetch import FetchError, request_guarded
 from diarflow.servers.jobs.media import load_or_create_secret
 from diarflow.servers.jobs.settings import JobsSettings
-from diarflow.servers.jobs.store import Delivery, JobStore, StoreError
+from diarflow.servers.jobs.store import Delivery, JobStore, StoreError, until_stored
 
 __all__ = ["WebhookSecrets", "WebhookDispatcher", "sign"]
 
@@ -153,15 +153,9 @@ class WebhookDispatcher:
     async def _record(self, delivery: Delivery, reason: str | None) -> None:
         """Write the attempt's outcome, trying again while the store fails (the delivery stays in flight
         meanwhile, so it is not sent again before its outcome is known)."""
-        delay_s = 0.1
-        while True:
-            try:
-                self._write_outcome(delivery, reason)
-                return
-            except StoreError as exc:
-                log.warning("webhook of job %s: cannot record the attempt yet (%s)", delivery.job_id, exc)
-            await asyncio.sleep(delay_s)
-            delay_s = min(delay_s * 2, self.settings.store_retry_max_s)
+        await until_stored(lambda: self._write_outcome(delivery, reason),
+                           f"webhook of job {delivery.job_id}: cannot record the attempt",
+                           self.settings.store_retry_max_s, log)
 
     def _write_outcome(self, delivery: Delivery, reason: str | None) -> None:
         if reason is None:

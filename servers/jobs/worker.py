@@ -1,30 +1,37 @@
 """Code that runs inside the worker processes: load the models once, run one job at a time.
 
-Nothing here touches the event loop; results travel back pickled through the process pool,
-progress and the worker's pid go straight to the job store (its own SQLite connection).
+Nothing here touches the server's event loop; results travel back pickled through the process pool
+(or Ray), progress and the worker's pid go straight to the job store (its own SQLite connection) or
+are polled by the server. A worker fetches its job's input itself over HTTP (:class:`JobInput`): an
+upload from the API node's presigned media URL, a remote URL directly, so a worker needs no access to
+the server's disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
+import tempfile
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from diarflow.operators.constants import CONFIDENCE_FRAME_S as _CONFIDENCE_FRAME_S
+from diarflow.servers.jobs.fetch import AddressPolicy, FetchError, download, new_session
 from diarflow.servers.jobs.probe import demuxed_duration_s, too_long_message
 
-__all__ = ["JobFailure", "StoreProgress", "init_worker", "load_resources", "run_job", "run_job_reporting"]
+__all__ = ["JobFailure", "JobInput", "StoreProgress", "fetch_input", "init_worker", "load_resources", "run_job",
+           "run_job_reporting"]
 
 _resources: Any = None
 _PROGRESS_PERIOD_S = 0.5
 _LENGTH_TOLERANCE_S = 0.05  # container rounding: a file of exactly the limit is accepted
-_CONFIDENCE_FRAME_S = 0.02
 _NO_SPEECH_CONFIDENCE = 100  # the engine's value for frames it is sure hold no speaker
 log = logging.getLogger("diarflow.jobs.worker")
 
@@ -35,6 +42,60 @@ class JobFailure(Exception):
 
 class _Canceled(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class JobInput:
+    """Where a worker fetches a job's audio, and the limits of that download.
+
+    Parameters
+    ----------
+    url
+        An http(s) URL: the client's remote URL, or the API node's presigned media download URL
+        (a secret: never shown in errors or logs).
+    name
+        What errors call the input: the ``media://`` key, or "the downloaded file".
+    max_bytes
+        Largest accepted download, bytes; larger ones stop while streaming.
+    timeout_s
+        Longest download, seconds.
+    policy
+        Addresses the download may reach (the server's own media URL is always allowed).
+    from_server
+        ``url`` is the server's presigned media URL (its failures hint at ``--public-url``).
+    """
+
+    url: str
+    name: str
+    max_bytes: int
+    timeout_s: float
+    policy: AddressPolicy
+    from_server: bool = False
+
+
+def fetch_input(source: JobInput, dest: Path) -> int:
+    """Download ``source`` to ``dest`` (streamed, capped, SSRF-guarded); returns its size in bytes.
+
+    Raises
+    ------
+    JobFailure
+        Refused address, connection failure, HTTP error, too large, timed out.
+    """
+    async def fetch() -> int:
+        async with new_session(source.policy) as http:
+            return await asyncio.wait_for(download(http, source.url, dest, source.max_bytes, source.policy),
+                                          source.timeout_s)
+
+    prefix = f"Could not load audio: {source.name}: " if source.from_server else "Could not load audio: "
+    try:
+        return asyncio.run(fetch())
+    except FetchError as exc:
+        hint = ""
+        if source.from_server and exc.reason in ("connection_failed", "http_timeout"):
+            hint = " (the worker cannot reach the server's media URL: check `diarflow serve --public-url`)"
+        raise JobFailure(f"{prefix}{exc}{hint}") from None
+    except asyncio.TimeoutError:
+        raise JobFailure(f"{prefix}timed out while downloading") from None
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -48,9 +109,9 @@ def _watch_parent(parent_pid: int) -> None:
 def load_resources(model_dir: str | None) -> None:
     """Load the models once for every job this process (a pool worker or a Ray actor) will run."""
     global _resources
-    from diarflow.operators.models import Resources
+    from diarflow.resources import load_resources as load_models
 
-    _resources = Resources.load(Path(model_dir) if model_dir else None, parallel_calls=1)
+    _resources = load_models(Path(model_dir) if model_dir else None, parallel_calls=1)
 
 
 def init_worker(model_dir: str | None, parent_pid: int) -> None:
@@ -154,24 +215,25 @@ def _whole_file_confidence(result: Any) -> Any:
     return replace(result, frame_confidence=np.full(frames, _NO_SPEECH_CONFIDENCE, np.uint8))
 
 
-def run_job(job_id: str, kind: str, input_path: str, params: dict[str, Any], db_path: str,
-            max_audio_s: float, source_name: str) -> dict[str, Any] | None:
+def run_job(job_id: str, kind: str, source: JobInput, params: dict[str, Any], db_path: str,
+            max_audio_s: float) -> dict[str, Any] | None:
     """Run one job in a local worker process; returns its output, or ``None`` if it was canceled
     meanwhile (progress and cancellation go through the store at ``db_path``).
 
     Raises
     ------
     JobFailure
-        Unreadable input, audio too long, invalid speaker constraints, a bad voiceprint.
+        Input that cannot be fetched or decoded, audio too long, invalid speaker constraints or
+        clustering parameters, a bad voiceprint.
     """
     progress = StoreProgress(db_path, job_id, os.getpid())
     try:
-        return _execute(kind, input_path, params, max_audio_s, source_name, progress)
+        return _execute(kind, source, params, max_audio_s, progress)
     finally:
         progress.close()
 
 
-def run_job_reporting(kind: str, input_path: str, params: dict[str, Any], max_audio_s: float, source_name: str,
+def run_job_reporting(kind: str, source: JobInput, params: dict[str, Any], max_audio_s: float,
                       *, report: Callable[[tuple[float, float | None]], bool]) -> dict[str, Any] | None:
     """Run one job where the store is out of reach (a Ray actor): progress ``(done_s, total_s)`` goes
     to ``report``, which returns ``True`` once the job should stop; returns ``None`` then."""
@@ -179,16 +241,22 @@ def run_job_reporting(kind: str, input_path: str, params: dict[str, Any], max_au
         if report((done_s, total_s)):
             raise _Canceled()
 
-    return _execute(kind, input_path, params, max_audio_s, source_name, on_progress)
+    return _execute(kind, source, params, max_audio_s, on_progress)
 
 
-def _execute(kind: str, input_path: str, params: dict[str, Any], max_audio_s: float, source_name: str,
+def _execute(kind: str, source: JobInput, params: dict[str, Any], max_audio_s: float,
              on_progress: Callable[[float, float | None], None]) -> dict[str, Any] | None:
+    with tempfile.TemporaryDirectory(prefix="diarflow-job-") as folder:
+        input_path = str(Path(folder) / "input")
+        fetch_input(source, Path(input_path))
+        return _diarize_input(kind, input_path, source.name, params, max_audio_s, on_progress)
+
+
+def _diarize_input(kind: str, input_path: str, source_name: str, params: dict[str, Any], max_audio_s: float,
+                   on_progress: Callable[[float, float | None], None]) -> dict[str, Any] | None:
     from diarflow.api import diarize
     from diarflow.audio import AudioDecodeError
 
-    if not Path(input_path).is_file():  # a Ray node that does not share the server's data folder
-        raise JobFailure("Could not load audio: the input is not readable on this worker")
     limit_s = max_audio_s if kind != "voiceprint" else min(max_audio_s, float(params.get("maxAudioS", 30.0)))
     total_s = _checked_length_s(input_path, limit_s)
 
@@ -203,7 +271,8 @@ def _execute(kind: str, input_path: str, params: dict[str, Any], max_audio_s: fl
         else:
             result = diarize(input_path, num_speakers=params.get("numSpeakers"),
                              min_speakers=params.get("minSpeakers"), max_speakers=params.get("maxSpeakers"),
-                             resources=_resources, on_progress=reporter)
+                             merge_similarity=params.get("mergeSimilarity"), resources=_resources,
+                             on_progress=reporter)
     except _Canceled:
         return None
     except AudioDecodeError as exc:

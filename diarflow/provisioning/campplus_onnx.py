@@ -28,11 +28,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from diarflow.operators.constants import EMBEDDING_DIM
+
 from .registry import CAMPPLUS_BUILDER_VERSION
 
-__all__ = ["build_campplus_onnx", "EMBEDDING_DIM", "NUM_MEL_BINS", "POOLED_CHANNELS", "BUILDER_VERSION"]
+__all__ = ["build_campplus_onnx", "NUM_MEL_BINS", "POOLED_CHANNELS", "BUILDER_VERSION"]
 
-EMBEDDING_DIM = 192
 NUM_MEL_BINS = 80
 POOLED_CHANNELS = 512
 BUILDER_VERSION = CAMPPLUS_BUILDER_VERSION
@@ -223,7 +224,7 @@ def build_campplus_onnx(weights: dict[str, np.ndarray], channels_last: bool = Tr
     Parameters
     ----------
     weights
-        The checkpoint's state dict as NumPy arrays (see :func:`diarflow.models.torch_zip.load_state_dict`).
+        The checkpoint's state dict as NumPy arrays (see :func:`diarflow.provisioning.torch_zip.load_state_dict`).
     channels_last
         Build the dense TDNN in ``(B, T, C)`` layout where every 1x1 and dilated convolution is a
         ``MatMul`` (default: ~10 % faster on this CPU than channels-first convolutions, same numbers).

@@ -16,11 +16,11 @@ import io
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 
-__all__ = ["UnsafeCheckpointError", "load_state_dict"]
+__all__ = ["Opaque", "UnsafeCheckpointError", "load_state_dict"]
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -84,16 +84,45 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Callable[..., Any] | type] = {
 }
 
 
+class Opaque:
+    """Inert stand-in for a metadata object named in a checkpoint (a version string, an enum, a task
+    description): it records the arguments and state the pickle gives it and runs no code of the
+    named class, whose module is never imported."""
+
+    qualified_name = ""
+    args: tuple[Any, ...]
+    state: Any
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Opaque:
+        instance = super().__new__(cls)
+        instance.args = args
+        instance.state = None
+        return instance
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"Opaque({self.qualified_name}, args={self.args!r})"
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, archive: zipfile.ZipFile, root: str) -> None:
+    def __init__(self, file: io.BytesIO, archive: zipfile.ZipFile, root: str,
+                 opaque_globals: Collection[str] = ()) -> None:
         super().__init__(file)
         self._archive = archive
         self._root = root
+        self._opaque = frozenset(opaque_globals)
         self._storages: dict[str, np.ndarray] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
+        if f"{module}.{name}" in self._opaque:
+            return type(name, (Opaque,), {"qualified_name": f"{module}.{name}"})
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -120,13 +149,22 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._storages[key]
 
 
-def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+def load_state_dict(
+    path: str | Path, entry: str | None = None, opaque_globals: Collection[str] = ()
+) -> dict[str, np.ndarray]:
     """Load a ``torch.save`` zip checkpoint of plain tensors as NumPy arrays.
 
     Parameters
     ----------
     path
         A ``.pt`` file in PyTorch's zip format holding a (possibly ordered) dict of tensors.
+    entry
+        For a training checkpoint (a dict of metadata around the weights, e.g. PyTorch Lightning's):
+        the key of the tensor dict inside it, e.g. ``"state_dict"``.
+    opaque_globals
+        Dotted names of metadata classes the checkpoint may name (e.g.
+        ``"torch.torch_version.TorchVersion"``). They load as inert :class:`Opaque` records; their
+        modules are never imported and none of their code runs. Anything else is still refused.
 
     Returns
     -------
@@ -153,8 +191,12 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         if len(pickles) != 1:
             raise UnsafeCheckpointError(f"{path}: expected one <root>/data.pkl, found {pickles}")
         root = pickles[0].rsplit("/", 1)[0]
-        unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), archive, root)
+        unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pickles[0])), archive, root, opaque_globals)
         obj = unpickler.load()
+    if entry is not None:
+        if not isinstance(obj, dict) or entry not in obj:
+            raise UnsafeCheckpointError(f"{path}: top-level object has no entry {entry!r}")
+        obj = obj[entry]
     if not isinstance(obj, dict) or not all(
         isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items()
     ):
