@@ -69,7 +69,7 @@ class LiveOptions:
     num_speakers, min_speakers, max_speakers
         Speaker-count constraints, whole numbers >= 1 (``num_speakers`` excludes the other two).
     merge_similarity
-        Clustering sensitivity, a cosine in (-1, 1): two live speakers whose voices are more similar
+        Clustering sensitivity, a cosine in (-1, 1]: two live speakers whose voices are more similar
         than this become one (lower merges more). ``None``: the engine's default. Same meaning and
         name as ``diarflow diarize --merge-similarity`` (the clusterer's ``merge_similarity``).
     speakers
@@ -85,8 +85,8 @@ class LiveOptions:
     def __post_init__(self) -> None:
         if self.merge_similarity is not None and (
                 isinstance(self.merge_similarity, bool) or not isinstance(self.merge_similarity, (int, float))
-                or not -1.0 < self.merge_similarity < 1.0):
-            raise ValueError(f"merge_similarity must be a number in (-1, 1), got {self.merge_similarity!r} "
+                or not -1.0 < self.merge_similarity <= 1.0):
+            raise ValueError(f"merge_similarity must be a number in (-1, 1], got {self.merge_similarity!r} "
                              "(lower merges more voices into one speaker)")
         if len(self.speakers) > MAX_KNOWN_SPEAKERS:
             raise ValueError(f"speakers: at most {MAX_KNOWN_SPEAKERS} known speakers, got {len(self.speakers)}")

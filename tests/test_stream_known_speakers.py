@@ -84,7 +84,7 @@ BAD_STARTS: list[tuple[str, dict[str, Any], str]] = [
     ("not a list", {"speakers": {"label": "a"}}, "speakers must be a list"),
     ("bad voiceprint", {"speakers": [{"label": "a", "voiceprint": "dfv1:nope"}]}, "not a diarflow voiceprint"),
     ("empty label", {"speakers": [{"label": "", "voiceprint": "x"}]}, "label must be a string of 1 to 64"),
-    ("merge_similarity out of range", {"merge_similarity": 1.5}, "merge_similarity must be a number in (-1, 1)"),
+    ("merge_similarity out of range", {"merge_similarity": 1.5}, "merge_similarity must be a number in (-1, 1]"),
     ("merge_similarity not a number", {"merge_similarity": "high"}, "merge_similarity must be a number"),
 ]
 
