@@ -104,6 +104,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             model_dir=Path(args.model_dir) if args.model_dir else None,
             auth_enabled=args.auth or os.environ.get("AUTH_ENABLED", "").lower() in {"1", "true", "yes"},
             idle_timeout_s=args.idle_timeout,
+            resume_window_s=args.resume_window,
             data_dir=Path(args.data_dir) if args.data_dir else None,
             jobs=JobsSettings(backend=args.workers, ray_address=args.ray_address),
             public_url=args.public_url,
@@ -327,8 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth", action="store_true", help="require API keys (same as AUTH_ENABLED=True)")
     serve.add_argument("--idle-timeout", type=float, default=60.0, metavar="SECONDS",
                        help="live stream: finalise a session after this long without a frame (default 60)")
+    serve.add_argument("--resume-window", type=float, default=60.0, metavar="SECONDS",
+                       help="live stream: how long a session whose connection dropped can be resumed (default 60)")
     serve.add_argument("--data-dir", default=None, metavar="DIR",
-                       help="job API data: SQLite store, uploaded media, secrets "
+                       help="job API data: SQLite store, uploaded media, secrets; with it, live sessions also "
+                            "persist checkpoints in DIR/live and survive a restart "
                             "(default $DIARFLOW_DATA_DIR or ~/.local/share/diarflow)")
     serve.add_argument("--workers", choices=["local", "ray"], default="local",
                        help="where job API jobs run: local processes (default) or a Ray actor pool")

@@ -10,7 +10,8 @@ import numpy as np
 
 from diarflow.operators.constants import EMBEDDING_DIM
 
-__all__ = ["VOICEPRINT_PREFIX", "decode_voiceprint", "encode_voiceprint", "identify", "similarity_score"]
+__all__ = ["DEFAULT_EXCLUSIVE", "DEFAULT_THRESHOLD", "VOICEPRINT_PREFIX", "decode_voiceprint", "encode_voiceprint",
+           "identify", "match_speakers", "similarity_score"]
 
 VOICEPRINT_PREFIX = f"dfv1:campplus-{EMBEDDING_DIM}:"
 
@@ -21,6 +22,9 @@ VOICEPRINT_PREFIX = f"dfv1:campplus-{EMBEDDING_DIM}:"
 # than a Gaussian fit of the dev scores, which shares turns across files and is optimistic.
 SCORE_MIDPOINT_COSINE = 0.45
 SCORE_SLOPE = 17.0
+# the identification policy's defaults (``POST /v1/identify`` ``matching``, and live known speakers)
+DEFAULT_EXCLUSIVE = True
+DEFAULT_THRESHOLD = 0.0
 
 
 def encode_voiceprint(embedding: np.ndarray) -> str:
@@ -60,39 +64,40 @@ def similarity_score(cosine: float) -> int:
     return int(round(100.0 / (1.0 + math.exp(-SCORE_SLOPE * (cosine - SCORE_MIDPOINT_COSINE)))))
 
 
-def identify(diarization: Mapping[str, Any], speaker_embeddings: Mapping[str, np.ndarray],
-             voiceprints: Sequence[Mapping[str, str]], exclusive: bool, threshold: float) -> dict[str, Any]:
-    """Match diarization speakers to labelled voiceprints.
+def match_speakers(speaker_embeddings: Mapping[Any, np.ndarray], labels: Sequence[str], prints: np.ndarray,
+                   exclusive: bool = DEFAULT_EXCLUSIVE, threshold: float = DEFAULT_THRESHOLD,
+                   ) -> tuple[dict[Any, str], dict[Any, dict[str, int]]]:
+    """The identification policy: which speakers match which labelled voiceprints.
+
+    Pairs on raw cosines (integer scores tie near 0 and 100) and accepts a pair when its 0-100 score
+    reaches ``threshold``. One implementation for ``POST /v1/identify`` and live sessions.
 
     Parameters
     ----------
-    diarization
-        The job's diarization output (``{"diarization": [...], ...}``).
     speaker_embeddings
-        Diarization label -> unit-norm ``(192,)`` centroid.
-    voiceprints
-        ``[{"label", "voiceprint"}]`` (already validated).
+        Speaker key -> ``(192,)`` centroid (any norm).
+    labels
+        One label per voiceprint.
+    prints
+        float32 ``(voiceprints, 192)`` unit-norm embeddings (:func:`decode_voiceprint`).
     exclusive
-        One voiceprint per speaker and one speaker per voiceprint (best total score first).
+        One voiceprint per speaker and one speaker per voiceprint (best total cosine first).
     threshold
         Minimum score (0-100) of a match.
 
     Returns
     -------
-    dict
-        ``diarization`` output plus ``identification`` and ``voiceprints`` as in the contract.
+    tuple
+        Speaker -> matched label, and speaker -> {label: score 0-100} for every voiceprint.
     """
-    labels = [v["label"] for v in voiceprints]
-    prints = np.stack([decode_voiceprint(v["voiceprint"]) for v in voiceprints])  # (voiceprints, 192)
     speakers = sorted(speaker_embeddings)
     cosines = np.zeros((len(speakers), len(labels)), dtype=np.float64)  # (speakers, voiceprints)
     for i, speaker in enumerate(speakers):
         centroid = np.asarray(speaker_embeddings[speaker], dtype=np.float32)
         cosines[i] = prints @ (centroid / max(float(np.linalg.norm(centroid)), 1e-12))
     scores = np.vectorize(similarity_score, otypes=[np.int64])(cosines) if cosines.size else cosines.astype(np.int64)
-    match: dict[str, str] = {}
-    if speakers:
-        # pair on raw cosines (integer scores tie near 0 and 100), accept on the 0-100 threshold
+    match: dict[Any, str] = {}
+    if speakers and len(labels):
         if exclusive:
             from scipy.optimize import linear_sum_assignment
 
@@ -103,12 +108,37 @@ def identify(diarization: Mapping[str, Any], speaker_embeddings: Mapping[str, np
         for i, j in pairs:
             if scores[i, j] >= threshold:
                 match[speakers[i]] = labels[j]
+    per_speaker = {s: {label: int(scores[i, j]) for j, label in enumerate(labels)} for i, s in enumerate(speakers)}
+    return match, per_speaker
+
+
+def identify(diarization: Mapping[str, Any], speaker_embeddings: Mapping[str, np.ndarray],
+             voiceprints: Sequence[Mapping[str, str]], exclusive: bool, threshold: float) -> dict[str, Any]:
+    """Match diarization speakers to labelled voiceprints (:func:`match_speakers`) in the job's output.
+
+    Parameters
+    ----------
+    diarization
+        The job's diarization output (``{"diarization": [...], ...}``).
+    speaker_embeddings
+        Diarization label -> unit-norm ``(192,)`` centroid.
+    voiceprints
+        ``[{"label", "voiceprint"}]`` (already validated).
+    exclusive, threshold
+        As for :func:`match_speakers`.
+
+    Returns
+    -------
+    dict
+        ``diarization`` output plus ``identification`` and ``voiceprints`` as in the contract.
+    """
+    labels = [v["label"] for v in voiceprints]
+    prints = np.stack([decode_voiceprint(v["voiceprint"]) for v in voiceprints])  # (voiceprints, 192)
+    match, scores = match_speakers(speaker_embeddings, labels, prints, exclusive, threshold)
     identification = []
     for seg in diarization.get("diarization", []):
         label = match.get(seg["speaker"])
         identification.append({"speaker": label or seg["speaker"], "start": seg["start"], "end": seg["end"],
                                "diarizationSpeaker": seg["speaker"], "match": label})
-    per_speaker = [{"speaker": s, "match": match.get(s), "confidence": {label: int(scores[i, j])
-                                                                        for j, label in enumerate(labels)}}
-                   for i, s in enumerate(speakers)]
+    per_speaker = [{"speaker": s, "match": match.get(s), "confidence": scores[s]} for s in sorted(speaker_embeddings)]
     return {**diarization, "identification": identification, "voiceprints": per_speaker}

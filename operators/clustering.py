@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .constants import EMBEDDING_DIM, SAMPLE_RATE, VAD_WINDOW_SAMPLES
-from .confidence import frame_confidence, turn_posteriors, window_posteriors
+from .confidence import frame_confidence, turn_confidence, turn_posteriors, window_posteriors
 from .global_clustering import cluster_embeddings
 from .vectors import label_sums, normalise, unit
 from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
@@ -35,6 +35,8 @@ class SpeakerTurns:
     warnings: tuple[str, ...] = ()
     frame_confidence: np.ndarray | None = None  # uint8 per 20 ms, offline refinement only
     centroids: Mapping[int, np.ndarray] | None = None  # speaker -> L2-normalised mean embedding (192,)
+    # no turn ending at or before this sample changes in a later view (the frozen horizon)
+    settled_until_sample: int = 0
 
     @property
     def turns(self) -> tuple[SpeakerTurn, ...]:
@@ -320,7 +322,10 @@ class OnlineClusterer:
         if not leaving.any():
             return
         self._absorb(self._vectors[leaving], self._labels[leaving])
-        self._frozen_turns.extend(windows_to_turns(self._spans[leaving], self._labels[leaving], ids[leaving]))
+        posteriors = window_posteriors(self._vectors, self._labels)  # (n, speakers): the live turn confidence
+        self._frozen_turns.extend(turn_confidence(
+            windows_to_turns(self._spans[leaving], self._labels[leaving], ids[leaving]),
+            self._spans[leaving], posteriors[leaving]))
         keep = ~leaving
         self._spans, self._vectors = self._spans[keep], self._vectors[keep]
         self._labels, self._utterance_ids = self._labels[keep], ids[keep]
@@ -354,9 +359,19 @@ class OnlineClusterer:
         return normalise(label_sums(labels, vectors, self._speakers)).astype(np.float32)
 
     def _view(self, final: bool) -> SpeakerTurns:
-        live = tuple(windows_to_turns(self._spans, self._labels, self._utterance_ids))
+        live = tuple(turn_confidence(windows_to_turns(self._spans, self._labels, self._utterance_ids),
+                                     self._spans, window_posteriors(self._vectors, self._labels)))
+        means = self._centroids()
         return SpeakerTurns(self._frozen_turns, len(self._frozen_turns), live, self._utterances,
-                            self._end_sample, final)
+                            self._end_sample, final, centroids={k: means[k] for k in range(len(means))},
+                            settled_until_sample=self.settled_until_sample(live))
+
+    def settled_until_sample(self, live: Sequence[SpeakerTurn]) -> int:
+        """The frozen horizon: windows ending at or before ``end - retention`` have left the buffer (their
+        turns are frozen), no live turn starts before the earliest live one, and later utterances start
+        near the live edge; so nothing ending at or before the smaller of the two changes any more."""
+        horizon = max(0, self._end_sample - self.config.retention_samples)
+        return min([horizon, *(t.start_sample for t in live)])
 
     def on_watermark(self, sample: int) -> Sequence[SpeakerTurns]:
         return []
@@ -364,9 +379,7 @@ class OnlineClusterer:
     def on_eof(self) -> Sequence[SpeakerTurns]:
         cfg = self.config
         if not cfg.refine or not len(self._history_spans):
-            view = self._view(final=True)
-            means = self._centroids()
-            return [replace(view, centroids={k: means[k] for k in range(len(means))})]
+            return [self._view(final=True)]
         spans = self._history_spans.view()
         vectors = self._history_vectors.view()
         utterance_ids = self._history_utterances.view()

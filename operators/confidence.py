@@ -20,7 +20,7 @@ from .constants import CONFIDENCE_FRAME_SAMPLES, SAMPLE_RATE, VAD_WINDOW_SAMPLES
 from .messages import SpeakerTurn
 from .vectors import label_sums
 
-__all__ = ["frame_confidence", "turn_posteriors", "window_posteriors"]
+__all__ = ["frame_confidence", "turn_confidence", "turn_posteriors", "window_posteriors"]
 
 _BLOCK_FRAMES = 1 << 16  # ~22 min of 20 ms frames per block
 
@@ -36,6 +36,8 @@ def window_posteriors(vectors: np.ndarray, labels: np.ndarray, temperature: floa
         int ``(n,)`` final speaker of each window (0..k-1); defines the centroids.
     """
     k = int(labels.max()) + 1 if len(labels) else 0
+    if k == 0:
+        return np.zeros((len(vectors), 0), np.float32)
     sums = label_sums(labels, vectors, k)
     centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
     logits = (vectors @ centroids.T.astype(vectors.dtype)) / temperature  # (n, k), no float64 copy of vectors
@@ -64,6 +66,23 @@ def turn_posteriors(turns: list[SpeakerTurn], spans: np.ndarray, posteriors: np.
         out.append(SpeakerTurn(turn.start_sample, turn.end_sample, turn.speaker, float(mean[turn.speaker]),
                                pairs))
     return out
+
+
+def turn_confidence(turns: list[SpeakerTurn], spans: np.ndarray, posteriors: np.ndarray) -> list[SpeakerTurn]:
+    """Turns with ``confidence`` set by :func:`turn_posteriors` (the same per-turn rule as offline), but
+    without the per-speaker ``posteriors`` pairs: the live path reports one score per turn.
+
+    Parameters
+    ----------
+    turns
+        Turns whose windows are among ``spans``.
+    spans, posteriors
+        Windows ``(n, 2)`` and their posteriors ``(n, k)`` (:func:`window_posteriors`).
+    """
+    if not len(spans):
+        return list(turns)
+    return [SpeakerTurn(t.start_sample, t.end_sample, t.speaker, t.confidence)
+            for t in turn_posteriors(turns, spans, posteriors)]
 
 
 def frame_confidence(

@@ -134,10 +134,12 @@ class Snapshot:
     final: bool = False
     warnings: tuple[str, ...] = field(default=())
     frame_confidence: np.ndarray | None = None  # uint8 (frames,), 0-100 per 20 ms from sample 0; offline only
-    centroids: Mapping[int, np.ndarray] | None = None  # final only: internal speaker id -> unit embedding (192,)
+    centroids: Mapping[int, np.ndarray] | None = None  # internal speaker id -> unit mean embedding (192,)
+    settled_until_sample: int = 0  # non-decreasing; no turn ending at or before it ever changes (final: audio end)
+    relabelled_samples: int = 0  # speech of the previous snapshot whose public speaker number changed in this one
 
     def speaker_embeddings(self) -> dict[int, np.ndarray]:
-        """Public speaker number -> L2-normalised mean embedding (final snapshots only)."""
+        """Public speaker number -> L2-normalised mean embedding (empty if the engine gave none)."""
         if not self.centroids:
             return {}
         return {self.speaker_numbers[k]: v for k, v in self.centroids.items() if k in self.speaker_numbers}

@@ -52,6 +52,12 @@ class PipelineConfig:
     overlaps: OverlapAssignerConfig = field(default_factory=OverlapAssignerConfig)
     snapshots: SnapshotEmitterConfig = field(default_factory=SnapshotEmitterConfig)
 
+    def __post_init__(self) -> None:
+        settle = self.snapshots.settle_samples
+        if settle is not None and settle >= self.clustering.retention_samples:
+            raise ValueError(f"snapshots.settle_samples ({settle}) must be below clustering.retention_samples "
+                             f"({self.clustering.retention_samples}): output settles before speech leaves the buffer")
+
     def with_speakers(self, count: SpeakerCount) -> PipelineConfig:
         """This config with the clusterer constrained to ``count`` speakers."""
         return replace(self, clustering=replace(self.clustering, num_speakers=count.num,

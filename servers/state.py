@@ -46,8 +46,12 @@ class ServerSettings:
         Live stream: audio per session before it is finalised.
     heartbeat_s
         Live stream: WebSocket ping interval.
+    resume_window_s
+        Live stream: how long a session whose connection dropped waits for its client to resume it.
     data_dir
         Job API store, media, secrets; ``None``: ``$DIARFLOW_DATA_DIR`` or ``~/.local/share/diarflow``.
+        When set, live sessions also persist their checkpoints in ``<data_dir>/live`` (resume after a
+        restart).
     jobs
         Job API limits, retention, retries.
     public_url
@@ -69,6 +73,7 @@ class ServerSettings:
     max_live_sessions: int = 64
     max_session_s: float = 7200.0
     heartbeat_s: float = 30.0
+    resume_window_s: float = 60.0
     data_dir: Path | None = None
     jobs: JobsSettings = field(default_factory=JobsSettings)
     public_url: str | None = None
@@ -81,7 +86,8 @@ class ServerSettings:
                                  f"{self.public_url!r} (hint: --public-url http://10.0.0.5:8000)")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        for name in ("idle_timeout_s", "start_timeout_s", "send_timeout_s", "heartbeat_s", "max_session_s"):
+        for name in ("idle_timeout_s", "start_timeout_s", "send_timeout_s", "heartbeat_s", "max_session_s",
+                     "resume_window_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.max_live_sessions < 1:

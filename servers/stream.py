@@ -1,11 +1,13 @@
-"""``WS /diarize/stream`` (protocol v1) and the "try it" page: translate frames into StreamingSession calls.
+"""``WS /diarize/stream`` (protocol v1.1) and the "try it" page: translate frames into LiveSession calls.
 
 The contract is ``shared/specs/stream-protocol.md``; the server's own limits (idle and start timeouts, slow
-readers, the live-session cap and its close code 1013) are in ``docs/stream-session-limits.md``. One :class:`StreamingSession` per connection; the
+readers, the live-session cap and its close code 1013) are in ``docs/stream-session-limits.md``. One :class:`~diarflow.live.LiveSession` per session; the
 models in ``app[RESOURCES]`` are shared. ``session.push`` is CPU-bound, so it runs on a thread pool
 sized to the cores, one push in flight per session: the handler awaits each push before it reads the
 next frame, which is also the back-pressure (a client sending faster than compute stops being read,
-and aiohttp stops reading its socket once its small frame queue is full).
+and aiohttp stops reading its socket once its small frame queue is full). Sessions outlive their
+connection for the resume window (``servers/live_sessions.py``); message shapes are in
+``servers/stream_messages.py``.
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ from typing import Any, AsyncIterator, Callable, Mapping, TypeVar
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
-from diarflow.dataflow import Graph, StreamingSession
-from diarflow.operators.messages import PcmBytes, Snapshot
+from diarflow.live import LiveSession
 from diarflow.operators.constants import SAMPLE_RATE
-from diarflow.operators.pipeline import PipelineConfig, build_graph
-from diarflow.operators.speaker_count import PYTHON_NAMES, SpeakerCount, SpeakerCountError
 
 from diarflow.servers.auth import configured_api_keys, team_for_token
+from diarflow.servers.live_sessions import LiveRecord, ResumableSessions, new_resume_token
 from diarflow.servers.protocol import START_FIELDS
 from diarflow.servers.state import RESOURCES, SETTINGS, STREAM, ServerSettings
+from diarflow.servers.stream_messages import (
+    ProtocolError,
+    close_reason,
+    parse_text,
+    repeat_message,
+    snapshot_message,
+    start_options,
+    step_and_render,
+)
 
 __all__ = ["MAX_FRAME_BYTES", "StreamRegistry", "STREAM", "active_sessions", "snapshot_message", "setup_stream"]
 
@@ -40,37 +49,21 @@ log = logging.getLogger("diarflow.server.stream")
 MAX_FRAME_BYTES = 1 << 20
 STATIC_DIR = Path(__file__).parent / "static"
 UNAUTHORIZED = 4401
-MAX_CLOSE_REASON_BYTES = 123  # RFC 6455 5.5: a control frame carries at most 125 bytes, 2 of them the code
-MAX_GRAPHS = 32
+SESSION_NOT_FOUND = 4404
+RESUMED_ELSEWHERE = 4409
+MAX_TOKEN_CHARS = 256
 T = TypeVar("T")
-
-
-class ProtocolError(Exception):
-    """A client broke the contract: ``detail`` goes into the ``error`` message, ``code`` closes the socket."""
-
-    def __init__(self, code: int, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
 
 
 @dataclass
 class StreamRegistry:
-    """Process-wide state of the endpoint: the compute pool, open sockets, graphs, live session count."""
+    """Process-wide state of the endpoint: the compute pool, open sockets, resumable sessions, live count."""
 
     pool: ThreadPoolExecutor
     api_keys: Mapping[str, str]
+    resumable: ResumableSessions
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
-    graphs: dict[SpeakerCount, Graph] = field(default_factory=dict)
     sessions: int = 0
-
-    def graph_for(self, count: SpeakerCount) -> Graph:
-        """The frozen graph for these speaker constraints (built once per distinct count)."""
-        if count not in self.graphs:
-            if len(self.graphs) >= MAX_GRAPHS:  # the key comes from clients: keep the cache bounded
-                self.graphs.pop(next(iter(self.graphs)))
-            self.graphs[count] = build_graph(PipelineConfig().with_speakers(count))
-        return self.graphs[count]
 
 
 def active_sessions(app: web.Application) -> int:
@@ -85,8 +78,20 @@ async def _stream_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.auth_enabled and not keys:
         log.warning("auth is enabled but no API keys are configured: every stream will be refused")
     pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="diarflow-stream")
-    app[STREAM] = StreamRegistry(pool=pool, api_keys=keys)
+    directory = settings.data_dir / "live" if settings.data_dir is not None else None
+    resumable = ResumableSessions(settings.resume_window_s, directory)
+    app[STREAM] = StreamRegistry(pool=pool, api_keys=keys, resumable=resumable)
+    resumable.sweep()  # files of sessions that expired while the server was down
+
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(min(1.0, settings.resume_window_s / 4))
+            resumable.sweep()
+
+    sweeper = asyncio.create_task(sweep_forever())
     yield
+    sweeper.cancel()
+    await asyncio.gather(sweeper, return_exceptions=True)
     pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -97,68 +102,6 @@ async def _close_sockets(app: web.Application) -> None:
     sockets = list(app[STREAM].sockets)
     await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown") for ws in sockets),
                          return_exceptions=True)
-
-
-def _seconds(sample: int) -> float:
-    return round(sample / SAMPLE_RATE, 2)
-
-
-def snapshot_message(kind: str, session_id: str, snapshot: Snapshot, chunks: int, pipeline_ms: float) -> dict[str, Any]:
-    """The ``partial_result`` / ``final_result`` body for one engine snapshot (a full snapshot, not a delta).
-
-    Parameters
-    ----------
-    kind
-        ``"partial_result"`` or ``"final_result"``.
-    session_id
-        32 lowercase hex digits.
-    snapshot
-        The engine's snapshot; its speakers are already numbered by first appearance.
-    chunks
-        Binary frames received up to and including the one that produced ``snapshot``.
-    pipeline_ms
-        Compute time of the push (or close) that produced ``snapshot``, in milliseconds.
-    """
-    turns = sorted(snapshot.turns, key=lambda t: (t.start_sample, t.end_sample))
-    segments = [{"start_time": _seconds(t.start_sample), "end_time": _seconds(t.end_sample),
-                 "speaker_id": int(t.speaker), "text": ""} for t in turns]
-    return {"type": kind, "session_id": session_id, "data": {"segments": segments},
-            "stats": {"utterances": int(snapshot.utterances), "chunks": chunks,
-                      "pipeline_ms": round(pipeline_ms, 1)}}
-
-
-def _step_and_render(step: Callable[[], list[Any]], kind: str, session_id: str, chunks: int) -> list[str]:
-    """Run one engine step and serialise the snapshots it emitted (on a worker thread).
-
-    ``pipeline_ms`` is the step's own compute time (no queueing). Rendering happens here too, so a long
-    session's large snapshots never hold up the event loop that serves every other connection.
-    """
-    started = time.perf_counter()
-    messages = step()
-    ms = (time.perf_counter() - started) * 1000.0
-    return [json.dumps(snapshot_message(kind, session_id, m, chunks, ms), separators=(",", ":"))
-            for m in messages if isinstance(m, Snapshot)]
-
-
-def close_reason(text: str) -> bytes:
-    """``text`` as a close reason: UTF-8, cut at a character boundary within the 123-byte limit.
-
-    Examples
-    --------
-    >>> close_reason("é" * 100) == ("é" * 61).encode()
-    True
-    """
-    return text.encode("utf-8", "replace")[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode()
-
-
-def _parse_text(data: str) -> dict[str, Any]:
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
-        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "text frame is not valid JSON (or nested too deeply)") from None
-    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
-        raise ProtocolError(WSCloseCode.POLICY_VIOLATION, 'expected a JSON object with a string "type"')
-    return body
 
 
 class _StreamSocket(web.WebSocketResponse):
@@ -177,28 +120,36 @@ class ClientNotReading(Exception):
     """A message could not be handed to the client within ``send_timeout_s``: it stopped reading."""
 
 
+class _Displaced(Exception):
+    """Another connection resumed this connection's session: stop serving it."""
+
+
 class _Connection:
     """One connection's protocol state machine; only the handler task reads the socket.
 
     Activity is what the client sends (audio or a message): the WebSocket heartbeat keeps the
     connection alive but never the session, so a silent client is finalised after ``idle_timeout_s``
     whatever its pongs, and one that never sends ``start`` is closed after ``start_timeout_s``.
+    Engine calls hold the session record's lock and first check that this connection still owns the
+    session: a connection that was displaced by a resume never pushes audio into it again.
     """
 
     def __init__(self, ws: web.WebSocketResponse, registry: StreamRegistry, resources: Any,
-                 settings: ServerSettings) -> None:
+                 settings: ServerSettings, team: str | None) -> None:
         self.ws = ws
         self.registry = registry
         self.resources = resources
+        self.team = team
         self.idle_timeout_s = settings.idle_timeout_s
         self.start_timeout_s = settings.start_timeout_s
         self.send_timeout_s = settings.send_timeout_s
         self.max_samples = int(settings.max_session_s * SAMPLE_RATE)
-        self.session: StreamingSession | None = None
-        self.session_id = ""
-        self.frames = 0
-        self.samples = 0
+        self.record: LiveRecord | None = None
         self.last_activity_s = time.monotonic()
+
+    @property
+    def session_id(self) -> str:
+        return self.record.session_id if self.record is not None else ""
 
     async def _compute(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -226,7 +177,7 @@ class _Connection:
         The deadline runs from the client's last message, not from the last frame of any kind:
         aiohttp's own ``receive(timeout=...)`` restarts its wait after every pong.
         """
-        wait_s = self.idle_timeout_s if self.session is not None else self.start_timeout_s
+        wait_s = self.idle_timeout_s if self.record is not None else self.start_timeout_s
         remaining_s = self.last_activity_s + wait_s - time.monotonic()
         if remaining_s <= 0:
             return None
@@ -241,10 +192,16 @@ class _Connection:
 
     async def run(self) -> None:
         """Serve the connection until it ends; raises :class:`ProtocolError` on a contract breach."""
+        try:
+            await self._serve()
+        except _Displaced:
+            return
+
+    async def _serve(self) -> None:
         while not self.ws.closed:
             msg = await self._receive()
             if msg is None:
-                if self.session is None:
+                if self.record is None:
                     raise ProtocolError(WSCloseCode.POLICY_VIOLATION,
                                         f"no start message within {self.start_timeout_s:g} s")
                 await self._finish("idle timeout")
@@ -254,7 +211,7 @@ class _Connection:
                     await self._finish("session length limit")
                     return
             elif msg.type == WSMsgType.TEXT:
-                body = _parse_text(msg.data)
+                body = parse_text(msg.data)
                 if body["type"] == "start":
                     await self._on_start(body)
                 elif body["type"] == "close":
@@ -266,7 +223,7 @@ class _Connection:
                 return
 
     async def _on_start(self, body: Mapping[str, Any]) -> None:
-        if self.session is not None:
+        if self.record is not None:
             raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "a second start on the same connection")
         for name, expected in START_FIELDS.items():
             if name not in body:
@@ -275,48 +232,103 @@ class _Connection:
             if type(got) is not type(expected) or got != expected:
                 raise ProtocolError(WSCloseCode.POLICY_VIOLATION,
                                     f"start: {name} must be {expected!r}, got {got!r} (only 16 kHz mono s16le)")
-        try:
-            count = SpeakerCount.parse(*(body.get(name) for name in PYTHON_NAMES))
-        except SpeakerCountError as exc:
-            raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {exc}") from None
-        graph = self.registry.graph_for(count)
+        options = start_options(body)
+        token = body.get("resume_token")
+        if token is not None and (not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_CHARS):
+            raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "start: resume_token must be a non-empty string")
         if self.resources is None:
             raise ProtocolError(WSCloseCode.INTERNAL_ERROR, "models are not loaded")
-        self.session = await self._compute(lambda: StreamingSession(graph, self.resources))
-        self.session_id = uuid.uuid4().hex
+        if token is not None:
+            await self._resume(token)
+            return
+        token = new_resume_token()
+        session = await self._compute(lambda: LiveSession(options, self.resources))
+        record = self.registry.resumable.add(token, uuid.uuid4().hex, self.team, session, owner=self)
+        self.record = record
         self.registry.sessions += 1
-        await self.send({"type": "ready", "session_id": self.session_id})
+        async with record.lock:
+            await self._compute(lambda: self.registry.resumable.persist(record))
+        await self.send({"type": "ready", "session_id": record.session_id, "resume_token": token,
+                         "resumed": False, "audio_received_s": 0.0})
+
+    async def _resume(self, token: str) -> None:
+        """Take over the session of ``token``: from memory, else from its persisted checkpoint."""
+        resumable = self.registry.resumable
+        record = resumable.find(token, self.team)
+        if record is None:
+            checkpoint = await self._compute(lambda: resumable.load(token, self.team))
+            record = resumable.find(token, self.team)  # it may have been restored meanwhile
+            if record is None and checkpoint is not None:
+                restored = checkpoint
+                session = await self._compute(lambda: LiveSession(restored.options, self.resources, restored))
+                record = resumable.find(token, self.team) or resumable.adopt(token, session, owner=None)
+        if record is None or record.session.closed:
+            raise ProtocolError(SESSION_NOT_FOUND, "session not found or expired")
+        previous, record.owner = record.owner, self
+        record.expires_at = float("inf")
+        self.record = record
+        self.registry.sessions += 1
+        if isinstance(previous, _Connection):
+            await previous.displace()
+        async with record.lock:  # any push of the previous connection has finished
+            session = record.session
+            await self.send({"type": "ready", "session_id": record.session_id, "resume_token": token,
+                             "resumed": True, "audio_received_s": session.samples_received / SAMPLE_RATE})
+            await self.send(repeat_message(session, record.session_id))
+
+    async def displace(self) -> None:
+        """Another connection resumed this session: tell this client, close 4409."""
+        self.record = None
+        self.registry.sessions -= 1
+        detail = "session resumed elsewhere"
+        try:
+            await self.send({"type": "error", "detail": detail})
+        except (ConnectionError, ClientNotReading):
+            pass
+        await self.ws.close(code=RESUMED_ELSEWHERE, message=detail.encode())
+
+    def _owned(self) -> LiveRecord:
+        record = self.record
+        if record is None or record.owner is not self:
+            raise _Displaced()
+        return record
 
     async def _on_audio(self, payload: bytes) -> bool:
         """Push one frame; returns ``True`` once the session length limit is reached."""
-        if self.session is None:
+        if self.record is None:
             raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "binary audio before start")
         if not payload or len(payload) % 2:
             raise ProtocolError(WSCloseCode.UNSUPPORTED_DATA,
                                 f"audio frame must be a non-empty even number of bytes, got {len(payload)}")
-        self.frames += 1
-        room = self.max_samples - self.samples
-        payload = payload[: 2 * room]
-        self.samples += len(payload) // 2
-        if payload:
-            session, item = self.session, PcmBytes(payload)
-            texts = await self._compute(lambda: _step_and_render(lambda: session.push(item), "partial_result",
-                                                                 self.session_id, self.frames))
+        record = self.record
+        async with record.lock:
+            self._owned()
+            session = record.session
+            payload = payload[: 2 * max(0, self.max_samples - session.samples_received)]
+            texts = await self._compute(lambda: step_and_render(session, lambda: session.push(payload),
+                                                                 "partial_result", record.session_id))
             for text in texts:
                 await self.send(text)
-        return self.samples >= self.max_samples
+            if texts:  # after the client has it: the write is never on the latency path
+                await self._compute(lambda: self.registry.resumable.persist(record))
+            return session.samples_received >= self.max_samples
 
     async def _finish(self, reason: str) -> None:
         """Flush the session, send ``final_result`` and close 1000 (no session yet: just close)."""
-        session = self.session
-        if session is None:
+        if self.record is None:
             raise ProtocolError(WSCloseCode.POLICY_VIOLATION, "close before start")
-        texts = await self._compute(lambda: _step_and_render(session.close, "final_result",
-                                                             self.session_id, self.frames))
+        record = self.record
+        async with record.lock:
+            self._owned()
+            session = record.session
+            texts = await self._compute(lambda: step_and_render(session, session.close, "final_result",
+                                                                 record.session_id))
+            self.registry.resumable.finish(record)  # a finished session cannot be resumed
         # the engine always emits a final snapshot; should it not, the client still gets a terminal message
         body: str | dict[str, Any] = texts[-1] if texts else {
-            "type": "final_result", "session_id": self.session_id, "data": {"segments": []},
-            "stats": {"utterances": 0, "chunks": self.frames, "pipeline_ms": 0.0}}
+            "type": "final_result", "session_id": record.session_id,
+            "data": {"segments": [], "speakers": [], "final_until": session.samples_received / SAMPLE_RATE},
+            "stats": {"utterances": 0, "chunks": session.frames_received, "pipeline_ms": 0.0, "relabelled_s": 0.0}}
         if not reason:  # the client said close; the server-side ends (limit, idle) expect more audio
             await self._reject_late_messages()
         await self.send(body)
@@ -362,37 +374,44 @@ def _over_capacity(registry: StreamRegistry, settings: ServerSettings) -> Protoc
 
 
 async def stream_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /diarize/stream``: upgrade to a WebSocket and run protocol v1 on it."""
+    """``GET /diarize/stream``: upgrade to a WebSocket and run protocol v1.1 on it."""
     app = request.app
     settings = app[SETTINGS]
     registry = app[STREAM]
     # aiohttp rejects a frame of exactly max_msg_size bytes (before buffering it): +1 admits 1 MiB itself
     ws = _StreamSocket(heartbeat=settings.heartbeat_s, max_msg_size=MAX_FRAME_BYTES + 1)
     await ws.prepare(request)
-    conn = _Connection(ws, registry, app.get(RESOURCES), settings)
+    team = team_for_token(request.query.get("token"), registry.api_keys) if settings.auth_enabled else None
+    conn = _Connection(ws, registry, app.get(RESOURCES), settings, team)
     busy = _over_capacity(registry, settings)
     registry.sockets.add(ws)
+    ended = False  # the session cannot continue (a contract breach or an engine failure): not resumable
     try:
         try:
             if busy is not None:
                 raise busy
-            if settings.auth_enabled and team_for_token(request.query.get("token"), registry.api_keys) is None:
+            if settings.auth_enabled and team is None:
                 raise ProtocolError(UNAUTHORIZED, "unauthorized")
             await conn.run()
         except ProtocolError as exc:
+            ended = True
             await _refuse(conn, exc)
     except ClientNotReading as exc:
         # nothing can reach this client any more (not even a close frame): drop the connection now
-        log.info("stream %s: client stopped reading (%s); session ended", conn.session_id or "-", exc)
+        log.info("stream %s: client stopped reading (%s); session parked", conn.session_id or "-", exc)
         if request.transport is not None:
             request.transport.abort()
     except ConnectionError:
-        log.info("stream %s: client went away", conn.session_id or "-")
+        log.info("stream %s: client went away; session parked", conn.session_id or "-")
     finally:
         registry.sockets.discard(ws)
-        if conn.session is not None:
+        record, conn.record = conn.record, None  # drop the reference now, not when the request object goes
+        if record is not None:
             registry.sessions -= 1
-            conn.session = None  # drop the session state now, not when the request object goes
+            if ended:
+                registry.resumable.finish(record)
+            else:  # a drop: the client may resume within the window (no-op once finished)
+                registry.resumable.release(record, conn)
     return ws
 
 

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from diarflow.dataflow import StreamingSession
+from diarflow.live import LiveSession
 from diarflow.testing.evaluation import DevItem
 from diarflow.provisioning import ModelPaths
 from diarflow.operators.messages import PcmBytes, Snapshot
@@ -69,8 +70,12 @@ def check_snapshot(body: dict[str, Any], session_id: str, kind: str, frames_sent
     starts = [s["start_time"] for s in segments]
     assert starts == sorted(starts)
     first_seen: list[int] = []
+    assert isinstance(body["data"]["final_until"], float) and body["stats"]["relabelled_s"] >= 0
+    assert [s["speaker_id"] for s in body["data"]["speakers"]] == sorted({s["speaker_id"] for s in segments})
     for seg in segments:
-        assert set(seg) == {"start_time", "end_time", "speaker_id", "text"} and seg["text"] == ""
+        assert {"start_time", "end_time", "speaker_id", "text", "confidence"} <= set(seg) <= {
+            "start_time", "end_time", "speaker_id", "text", "confidence", "label"} and seg["text"] == ""
+        assert 0 <= seg["confidence"] <= 100
         assert isinstance(seg["speaker_id"], int) and seg["speaker_id"] >= 0
         for t in (seg["start_time"], seg["end_time"]):
             assert abs(t * 100 - round(t * 100)) < 1e-6, f"{t} is not rounded to 10 ms"
@@ -79,7 +84,7 @@ def check_snapshot(body: dict[str, Any], session_id: str, kind: str, frames_sent
             first_seen.append(seg["speaker_id"])
     assert first_seen == list(range(len(first_seen))), "speakers not numbered by first appearance"
     stats = body["stats"]
-    assert set(stats) == {"utterances", "chunks", "pipeline_ms"}
+    assert set(stats) == {"utterances", "chunks", "pipeline_ms", "relabelled_s"}
     assert 1 <= stats["chunks"] <= frames_sent and stats["pipeline_ms"] >= 0
 
 
@@ -174,11 +179,11 @@ async def test_bad_input_closes_with_its_code(server: ServerThread, name: str, m
 
 
 async def test_inference_failure_is_1011(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
-    class FailingSession(StreamingSession):
-        def push(self, item: Any) -> list[Any]:
+    class FailingSession(LiveSession):
+        def push(self, payload: bytes) -> list[Any]:
             raise RuntimeError("model crashed")
 
-    monkeypatch.setattr(stream_module, "StreamingSession", FailingSession)
+    monkeypatch.setattr(stream_module, "LiveSession", FailingSession)
     outcome = await short_session(server.url)
     assert outcome.close_code == 1011 and outcome.error is not None
     assert "inference failed" in outcome.error["detail"]
@@ -338,13 +343,13 @@ def test_stream_command_retries_internal_errors(server: ServerThread, clip_path:
 
     failures = [True]  # the first session fails, the retry succeeds
 
-    class FlakySession(StreamingSession):
-        def push(self, item: Any) -> list[Any]:
+    class FlakySession(LiveSession):
+        def push(self, payload: bytes) -> list[Any]:
             if failures and failures.pop():
                 raise RuntimeError("transient")
-            return super().push(item)
+            return super().push(payload)
 
-    monkeypatch.setattr(stream_module, "StreamingSession", FlakySession)
+    monkeypatch.setattr(stream_module, "LiveSession", FlakySession)
     monkeypatch.setattr(stream_client, "RETRY_BASE_S", 0.01)
     assert main(["stream", str(clip_path), "--url", server.url]) == 0
     out = capsys.readouterr().out

@@ -10,7 +10,7 @@ from yarl import URL
 from diarflow.operators.speaker_count import speaker_count_errors
 from diarflow.operators.clustering import OnlineClustererConfig
 from diarflow.servers.jobs.media import MEDIA_KEY_RE
-from diarflow.voiceprints import decode_voiceprint
+from diarflow.voiceprints import DEFAULT_EXCLUSIVE, DEFAULT_THRESHOLD, decode_voiceprint
 
 __all__ = ["ValidationFailed", "parse_diarize", "parse_identify", "parse_media_key", "parse_voiceprint"]
 
@@ -182,7 +182,7 @@ def parse_identify(body: Any) -> dict[str, Any]:
                     check.fail(f"{field}.voiceprint", str(exc))
             clean.append({"label": str(label), "voiceprint": str(print_)})
     matching = check.get("matching")
-    exclusive, threshold = True, 0.0
+    exclusive, threshold = DEFAULT_EXCLUSIVE, DEFAULT_THRESHOLD
     if matching is not None:
         if not isinstance(matching, dict):
             check.fail("matching", "matching must be an object {exclusive, threshold}")

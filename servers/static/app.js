@@ -36,7 +36,8 @@ const ui = {
 // ---------------------------------------------------------------- shared result view
 
 const colour = (speaker) => COLOURS[speaker % COLOURS.length];
-const speakerName = (speaker) => `Speaker ${speaker + 1}`;
+// live speakers matched to an enrolled voice show its name (speakerLabels is filled by the live mode)
+const speakerName = (speaker) => (document.body.dataset.mode === "live" && speakerLabels[speaker]) || `Speaker ${speaker + 1}`;
 const apiLabel = (speaker) => `SPEAKER_${String(speaker).padStart(2, "0")}`;
 
 function clock(seconds) {
@@ -293,9 +294,19 @@ for (const type of ["dragleave", "drop"]) {
 ui.drop.addEventListener("drop", (e) => { if (e.dataTransfer.files.length) diarizeFile(e.dataTransfer.files[0]); });
 
 // ---------------------------------------------------------------- live mode (WebSocket)
+// A dropped connection (1006, or 1001 from a server going down) is resumed with the session's resume_token:
+// the microphone keeps running, its frames wait in a backlog, and once the server says how much audio it
+// holds (audio_received_s) the page sends the rest from there. The timeline stays as it was meanwhile.
 
+const START = { type: "start", sample_rate: 16000, channels: 1, sample_width: 2, format: "pcm_s16le" };
+const BACKLOG_SAMPLES = 120 * 16000;  // audio kept for a resume (the server's window is 60 s by default)
+const RESUME_WINDOW_MS = 60000;
 let ws = null, ctx = null, stream = null, node = null, source = null;
 let startedAt = 0, stoppedAt = 0, tick = null, live = false;
+let resumeToken = null, sessionReady = false, finishing = false, droppedAt = 0, reconnectAttempts = 0;
+let backlog = [], capturedSamples = 0;
+let knownSpeakers = [];  // [{label, voiceprint}] sent with start
+let speakerLabels = {};  // speaker_id -> label, from the latest snapshot
 
 function setState(state, label) {
   ui.state.dataset.state = state;
@@ -315,9 +326,12 @@ function renderTimer() {
 }
 
 function renderSnapshot(message) {
+  speakerLabels = {};
+  for (const s of message.data.speakers || []) if (s.label) speakerLabels[s.speaker_id] = s.label;
   renderResult({
     uri: `live-${message.session_id.slice(0, 8)}`,
-    segments: message.data.segments.map((s) => ({ start: s.start_time, end: s.end_time, speaker: s.speaker_id })),
+    segments: message.data.segments.map((s) => ({ start: s.start_time, end: s.end_time, speaker: s.speaker_id,
+                                                  confidence: s.confidence })),
     durationS: elapsedSeconds(),
     confidence: null,
     final: message.type === "final_result",
@@ -342,45 +356,72 @@ function socketUrl() {
   return `${scheme}//${location.host}/diarize/stream${token() ? `?token=${encodeURIComponent(token())}` : ""}`;
 }
 
-async function start() {
-  showError("");
-  ui.mic.disabled = true;
-  setState("connecting", "Asking for the microphone…");
-  try {
-    stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false,
-                                                                 noiseSuppression: false, autoGainControl: false } });
-    ctx = new AudioContext({ sampleRate: 16000 });  // the browser resamples the microphone to 16 kHz
-    await ctx.audioWorklet.addModule("/static/pcm-worklet.js");
-    await ctx.resume();
-  } catch (err) {
-    stopAudio();
-    ui.mic.disabled = false;
-    showError(err && err.name === "NotAllowedError" ? "The browser was not allowed to use the microphone."
-              : `Cannot capture audio: ${err && err.message ? err.message : err}`);
-    return;
+function onFrame(buffer) {
+  backlog.push({ start: capturedSamples, data: buffer });
+  capturedSamples += buffer.byteLength / 2;
+  while (backlog.length && backlog[0].start + backlog[0].data.byteLength / 2 < capturedSamples - BACKLOG_SAMPLES) backlog.shift();
+  if (ws && sessionReady && ws.readyState === WebSocket.OPEN) ws.send(buffer);
+}
+
+function sendFrom(audioReceivedS) {
+  const from = Math.round(audioReceivedS * 16000);
+  for (const frame of backlog) {
+    const end = frame.start + frame.data.byteLength / 2;
+    if (end > from) ws.send(frame.data.slice(2 * Math.max(0, from - frame.start)));
   }
-  setState("connecting", "Connecting…");
-  clearResult("Listening… speakers appear each time someone finishes a sentence.");
+}
+
+function startAudio() {
+  source = ctx.createMediaStreamSource(stream);
+  node = new AudioWorkletNode(ctx, "pcm-framer", { processorOptions: { frameSamples: FRAME_SAMPLES } });
+  node.port.onmessage = (e) => onFrame(e.data);
+  source.connect(node);
+  startedAt = performance.now();
+  stoppedAt = 0;
+  tick = setInterval(renderTimer, 250);
+  live = true;
+  ui.mic.disabled = false;
+  ui.mic.classList.add("live");
+  ui.mic.textContent = "Stop";
+  setState("live", "Listening");
+}
+
+function reconnectLater() {
+  const now = performance.now();
+  droppedAt = droppedAt || now;
+  if (now - droppedAt > RESUME_WINDOW_MS) return false;
+  setState("reconnecting", "Reconnecting…");
+  const delay = Math.min(100 * 2 ** reconnectAttempts, 2000);
+  reconnectAttempts += 1;
+  setTimeout(connect, delay);
+  return true;
+}
+
+function connect() {
   let errorDetail = null;
-  ws = new WebSocket(socketUrl());
-  ws.binaryType = "arraybuffer";
-  ws.onopen = () => ws.send(JSON.stringify({ type: "start", sample_rate: 16000, channels: 1,
-                                             sample_width: 2, format: "pcm_s16le" }));
-  ws.onmessage = (event) => {
+  const socket = new WebSocket(socketUrl());
+  ws = socket;
+  sessionReady = false;
+  socket.binaryType = "arraybuffer";
+  socket.onopen = () => {
+    const body = { ...START, ...(knownSpeakers.length ? { speakers: knownSpeakers } : {}) };
+    if (resumeToken) body.resume_token = resumeToken;
+    socket.send(JSON.stringify(body));
+  };
+  socket.onmessage = (event) => {
     const message = JSON.parse(event.data);
     if (message.type === "ready") {
-      source = ctx.createMediaStreamSource(stream);
-      node = new AudioWorkletNode(ctx, "pcm-framer", { processorOptions: { frameSamples: FRAME_SAMPLES } });
-      node.port.onmessage = (e) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(e.data); };
-      source.connect(node);
-      startedAt = performance.now();
-      stoppedAt = 0;
-      tick = setInterval(renderTimer, 250);
-      live = true;
-      ui.mic.disabled = false;
-      ui.mic.classList.add("live");
-      ui.mic.textContent = "Stop";
-      setState("live", "Listening");
+      resumeToken = message.resume_token || resumeToken;
+      droppedAt = 0;
+      reconnectAttempts = 0;
+      sessionReady = true;
+      if (message.resumed) {
+        sendFrom(message.audio_received_s);
+        if (finishing) { socket.send(JSON.stringify({ type: "close" })); setState("finalising", "Finishing…"); }
+        else setState("live", "Listening");
+      } else {
+        startAudio();
+      }
     } else if (message.type === "partial_result") {
       renderSnapshot(message);
     } else if (message.type === "final_result") {
@@ -390,9 +431,13 @@ async function start() {
       errorDetail = message.detail;
     }
   };
-  ws.onclose = (event) => {
+  socket.onclose = (event) => {
+    if (ws === socket) ws = null;
+    sessionReady = false;
+    if ((event.code === 1006 || event.code === 1001) && resumeToken && (live || finishing) && reconnectLater()) return;
     stopAudio();
-    ws = null;
+    resumeToken = null;
+    finishing = false;
     ui.mic.disabled = false;
     if (event.code === 1000) {
       if (ui.state.dataset.state !== "done") setState("done", `Done (${event.reason || "finished"})`);
@@ -403,15 +448,130 @@ async function start() {
   };
 }
 
+async function openMicrophone() {
+  stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false,
+                                                               noiseSuppression: false, autoGainControl: false } });
+  ctx = new AudioContext({ sampleRate: 16000 });  // the browser resamples the microphone to 16 kHz
+  await ctx.audioWorklet.addModule("/static/pcm-worklet.js");
+  await ctx.resume();
+}
+
+async function start() {
+  showError("");
+  ui.mic.disabled = true;
+  setState("connecting", "Asking for the microphone…");
+  try {
+    await openMicrophone();
+  } catch (err) {
+    stopAudio();
+    ui.mic.disabled = false;
+    showError(err && err.name === "NotAllowedError" ? "The browser was not allowed to use the microphone."
+              : `Cannot capture audio: ${err && err.message ? err.message : err}`);
+    return;
+  }
+  setState("connecting", "Connecting…");
+  clearResult("Listening… speakers appear each time someone finishes a sentence.");
+  resumeToken = null;
+  finishing = false;
+  backlog = [];
+  capturedSamples = 0;
+  droppedAt = 0;
+  reconnectAttempts = 0;
+  connect();
+}
+
 function finish() {
   stopAudio();  // no more audio; the server finalises what is pending
   renderTimer();
-  if (ws && ws.readyState === WebSocket.OPEN) {
-    ws.send(JSON.stringify({ type: "close" }));
-    setState("finalising", "Finishing…");
-    ui.mic.disabled = true;
+  finishing = true;
+  ui.mic.disabled = true;
+  setState("finalising", "Finishing…");
+  if (ws && sessionReady && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "close" }));
+}
+
+// ---------------------------------------------------------------- enrolment (job API voiceprint)
+// Record ~10 s of one person, upload it as a WAV through the presigned media, POST /v1/voiceprint, and keep
+// {label, voiceprint}: the next live session sends them in start.speakers and the server names that voice.
+
+const ENROL_SECONDS = 10;
+const enrolUi = { name: el("enrol-name"), button: el("enrol-btn"), status: el("enrol-status"), list: el("known") };
+
+function wavBlob(samples) {
+  const header = new DataView(new ArrayBuffer(44));
+  const text = (offset, value) => { for (let i = 0; i < value.length; i++) header.setUint8(offset + i, value.charCodeAt(i)); };
+  text(0, "RIFF"); header.setUint32(4, 36 + 2 * samples.length, true); text(8, "WAVE"); text(12, "fmt ");
+  header.setUint32(16, 16, true); header.setUint16(20, 1, true); header.setUint16(22, 1, true);
+  header.setUint32(24, 16000, true); header.setUint32(28, 32000, true); header.setUint16(32, 2, true);
+  header.setUint16(34, 16, true); text(36, "data"); header.setUint32(40, 2 * samples.length, true);
+  return new Blob([header.buffer, samples.buffer]);
+}
+
+async function recordSamples(seconds) {
+  await openMicrophone();
+  const frames = [];
+  let filled = 0;
+  await new Promise((resolve) => {
+    source = ctx.createMediaStreamSource(stream);
+    node = new AudioWorkletNode(ctx, "pcm-framer", { processorOptions: { frameSamples: FRAME_SAMPLES } });
+    node.port.onmessage = (e) => {
+      frames.push(new Int16Array(e.data));
+      filled += e.data.byteLength / 2;
+      if (filled >= seconds * 16000) resolve();
+    };
+    source.connect(node);
+  });
+  stopAudio();
+  const out = new Int16Array(filled);
+  let offset = 0;
+  for (const f of frames) { out.set(f, offset); offset += f.length; }
+  return out;
+}
+
+function renderKnown() {
+  enrolUi.list.replaceChildren(...knownSpeakers.map((k, i) => {
+    const li = document.createElement("li");
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.textContent = "×";
+    remove.title = `Forget ${k.label}`;
+    remove.addEventListener("click", () => { knownSpeakers.splice(i, 1); renderKnown(); });
+    li.append(k.label, remove);
+    return li;
+  }));
+}
+
+async function enrol() {
+  const label = enrolUi.name.value.trim();
+  if (!label || knownSpeakers.some((k) => k.label === label)) {
+    enrolUi.status.textContent = label ? `${label} is already enrolled.` : "Type a name first.";
+    return;
+  }
+  enrolUi.button.disabled = ui.mic.disabled = true;
+  try {
+    enrolUi.status.textContent = `Recording ${ENROL_SECONDS} s: ${label}, please talk alone…`;
+    const samples = await recordSamples(ENROL_SECONDS);
+    enrolUi.status.textContent = "Making the voiceprint…";
+    const key = `media://try-it/${Date.now()}-voice`;
+    const { url } = await api("POST", "/v1/media/input", { url: key });
+    await putWithProgress(url, wavBlob(samples), () => {});
+    let job = await api("POST", "/v1/voiceprint", { url: key });
+    while (!["succeeded", "failed", "canceled"].includes(job.status)) {
+      await sleep(POLL_MS);
+      job = await api("GET", `/v1/jobs/${job.jobId}`);
+    }
+    if (job.status !== "succeeded") throw new Error(job.output && job.output.error ? job.output.error : `The job ended ${job.status}.`);
+    knownSpeakers.push({ label, voiceprint: job.output.voiceprint });
+    renderKnown();
+    enrolUi.name.value = "";
+    enrolUi.status.textContent = `${label} enrolled: start a live session to see the name on the timeline.`;
+  } catch (err) {
+    stopAudio();
+    enrolUi.status.textContent = `Enrolment failed: ${err && err.message ? err.message : err}`;
+  } finally {
+    enrolUi.button.disabled = ui.mic.disabled = false;
   }
 }
 
+enrolUi.button.addEventListener("click", () => { if (!live) enrol(); });
 ui.mic.addEventListener("click", () => (live ? finish() : start()));
 showMode(location.hash === "#live" ? "live" : "file");
