@@ -304,6 +304,12 @@ class OnlineClusterer:
             mapping[cluster] = self._speakers
             self._speakers += 1
         labels = mapping[clusters[:n]]
+        moved = (previous >= 0) & (labels != previous)
+        if moved.any():  # a window already shown keeps its speaker unless the new one's centroid is closer
+            ids = np.concatenate([labels, self._prototype_speakers])
+            centroids = normalise(label_sums(ids, rows, self._speakers, weights))  # (speakers, 192)
+            gain = np.sum(rows[:n] * (centroids[labels] - centroids[np.maximum(previous, 0)]), axis=1)
+            labels = np.where(moved & (gain < 0.0), previous, labels)
         for u in np.unique(self._utterance_ids):
             mask = self._utterance_ids == u
             labels[mask] = _smooth(labels[mask])

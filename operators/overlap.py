@@ -98,6 +98,7 @@ class OverlapAssignerState:
     frozen: tuple[SpeakerTurn, ...] = ()  # the clustering's frozen turns plus the overlaps among them
     frozen_seen: int = 0  # the clustering's frozen turns already copied
     final: SpeakerTurns | None = None  # the clustering's final view, held until end of input
+    detected_until: int = 0  # the overlap detector has decided all audio before this sample
 
 
 class OverlapAssigner:
@@ -112,9 +113,11 @@ class OverlapAssigner:
         self._frozen: list[SpeakerTurn] = list(state.frozen)
         self._frozen_seen = state.frozen_seen
         self._final = state.final
+        self._detected_until = state.detected_until
 
     def on_item(self, item: SpeakerTurns | OverlapRegions) -> Sequence[SpeakerTurns]:
         if isinstance(item, OverlapRegions):
+            self._detected_until = max(self._detected_until, item.until_sample)
             if len(item.spans):
                 self._spans = np.vstack([self._spans, item.spans])
                 self._scores = np.concatenate([self._scores, item.scores])
@@ -145,7 +148,10 @@ class OverlapAssigner:
             near = [t for t in self._recent_frozen(lo) if not t.overlapping] + list(view.live)
             live = tuple(sorted(live + tuple(second_speakers(self._spans, self._scores, near, distance)),
                                 key=lambda t: (t.start_sample, t.end_sample)))
-        return replace(view, frozen=self._frozen, frozen_count=len(self._frozen), live=live)
+        # an overlap turn may still appear for any region not settled yet, and anywhere not yet analysed
+        settled_until = min([view.settled_until_sample, self._detected_until, *self._spans[:, 0].tolist()])
+        return replace(view, frozen=self._frozen, frozen_count=len(self._frozen), live=live,
+                       settled_until_sample=view.settled_until_sample if view.final else int(settled_until))
 
     def _recent_frozen(self, since_sample: int) -> list[SpeakerTurn]:
         """Frozen turns ending after ``since_sample`` (scanned from the end: O(turns that recent))."""
@@ -165,4 +171,4 @@ class OverlapAssigner:
 
     def checkpoint(self) -> OverlapAssignerState:
         return OverlapAssignerState(self._spans.copy(), self._scores.copy(), tuple(self._frozen), self._frozen_seen,
-                                    self._final)
+                                    self._final, self._detected_until)
