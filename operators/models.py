@@ -46,7 +46,7 @@ SEGMENTATION_FRAMES = 589  # output frames per chunk
 SEGMENTATION_FRAME_STEP_SAMPLES = 270
 SEGMENTATION_RECEPTIVE_FIELD_SAMPLES = 991
 SEGMENTATION_CLASSES = 7  # powerset: {}, {0}, {1}, {2}, {0, 1}, {0, 2}, {1, 2}
-_SEGMENTATION_BATCH = 32  # chunks per onnxruntime call: bounds the arena (measured ~12 MB per chunk, ~0.4 GB)
+_SEGMENTATION_BATCH = 1  # chunks per onnxruntime call: one fixed shape keeps the arena at one chunk (~12 MB); batches of 6 cost ~100 MB more resident memory and were no faster
 
 
 def make_session(path: Path | str | bytes, intra_op_threads: int = 1) -> ort.InferenceSession:
@@ -279,8 +279,8 @@ class SegmentationModel:
         Parameters
         ----------
         chunks
-            float32 ``(batch, 160000)``: 10 s chunks at 16 kHz in [-1, 1]; any batch size (run in
-            batches of at most 32).
+            float32 ``(batch, 160000)``: 10 s chunks at 16 kHz in [-1, 1]; any batch size (run one
+            chunk per call, spread over the thread pool when there is one).
 
         Returns
         -------

@@ -117,10 +117,8 @@ class OverlapDetector:
             return []
         step = self.config.step_samples
         offsets = np.arange(ready) * step
-        # one chunk per call: a fixed input shape keeps onnxruntime's memory arena at one chunk's size
-        # (batches of 6 cost 100 MB more resident memory for no measurable speed-up)
-        log_probs = np.concatenate([self._model.log_probs(self._audio[o:o + _WINDOW][None]) for o in offsets])
-        self._add(log_probs, self._chunk_start + offsets)
+        chunks = np.stack([self._audio[o:o + _WINDOW] for o in offsets])  # (ready, 160000)
+        self._add(self._model.log_probs(chunks), self._chunk_start + offsets)
         self._chunk_start += ready * step
         self._audio = self._audio[ready * step:]
         return self._decide(self._chunk_start // _STEP)
