@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from tools import exit_without_dev_corpus
+from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.testing.evaluation import DevItem, load_dev_items
 
 FRAME_SAMPLES = 3200
-SAMPLE_RATE = 16000
 
 
 def _frames(item: DevItem) -> list[bytes]:
