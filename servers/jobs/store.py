@@ -359,8 +359,3 @@ class JobStore:
     def delivery_retry(self, delivery_id: int, attempt: int, reason: str, next_at: float) -> None:
         self._conn.execute("UPDATE deliveries SET attempt = ?, reason = ?, next_at = ? WHERE id = ?",
                            (attempt, reason, next_at, delivery_id))
-
-    @_tracked(write=False)
-    def deliveries_of(self, job_id: str) -> list[tuple[int, str, str | None]]:
-        rows = self._conn.execute("SELECT attempt, state, reason FROM deliveries WHERE job_id = ?", (job_id,)).fetchall()
-        return [(r["attempt"], r["state"], r["reason"]) for r in rows]

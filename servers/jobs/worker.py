@@ -124,11 +124,6 @@ def init_worker(model_dir: str | None, parent_pid: int) -> None:
     load_resources(model_dir)
 
 
-def warm_up() -> int:
-    """A no-op task that returns once the initializer has run (used to start workers eagerly)."""
-    return os.getpid()
-
-
 class StoreProgress:
     """Writes a job's progress (0..1) to the store at most every ``_PROGRESS_PERIOD_S`` and notices
     cancellation (raises ``_Canceled`` once the job is no longer running).
