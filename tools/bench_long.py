@@ -20,12 +20,12 @@ import soundfile as sf
 
 from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.testing.evaluation import load_dev_items
+from tools import exit_without_dev_corpus
 
 _CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()
 from diarflow.api import default_resources, diarize
-from tools import exit_without_dev_corpus
 resources = default_resources()
 t1 = time.perf_counter()
 result = diarize(sys.argv[1], resources=resources)
