@@ -1,4 +1,5 @@
-"""A TCP proxy on 127.0.0.1 whose connections a test can cut without a close frame (a network drop)."""
+"""A TCP proxy on 127.0.0.1 whose connections a test can cut without a close frame (a network drop), and
+that can refuse new ones for a while (a network that stays down)."""
 
 from __future__ import annotations
 
@@ -10,19 +11,23 @@ __all__ = ["DroppingProxy"]
 
 class DroppingProxy:
     """Forwards ``127.0.0.1:<port>`` to ``127.0.0.1:<target_port>``; :meth:`cut` aborts every open
-    connection (both sides see a reset, as when a network goes away). Runs on the caller's event loop.
+    connection (both sides see a reset, as when a network goes away); while :attr:`refusing` is true, new
+    connections are reset at once (the network is still down). Runs on the caller's event loop.
 
     Examples
     --------
     >>> async with DroppingProxy(8000) as proxy:  # doctest: +SKIP
     ...     url = f"ws://127.0.0.1:{proxy.port}/diarize/stream"
     ...     proxy.cut()
+    ...     proxy.refusing = True  # the network stays down: reconnections fail
     """
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
-        self.connections = 0
+        self.connections = 0  # connections forwarded (or tried) to the target; refused ones are not counted
+        self.refused = 0
+        self.refusing = False
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -44,6 +49,10 @@ class DroppingProxy:
         self._writers.clear()
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            self.refused += 1
+            client_writer.transport.abort()
+            return
         self.connections += 1
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
