@@ -8,10 +8,10 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .constants import EMBEDDING_DIM, SAMPLE_RATE, VAD_WINDOW_SAMPLES
-from .confidence import frame_confidence, turn_confidence, turn_posteriors, window_posteriors
+from .constants import EMBEDDING_DIM, SAMPLE_RATE
+from .confidence import turn_confidence, window_posteriors
 from .global_clustering import cluster_embeddings
-from .vectors import label_sums, normalise, unit
+from .vectors import label_sums, normalise
 from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
 from .speaker_count import SpeakerCount
 
@@ -33,7 +33,7 @@ class SpeakerTurns:
     end_sample: int
     final: bool = False
     warnings: tuple[str, ...] = ()
-    frame_confidence: np.ndarray | None = None  # uint8 per 20 ms, offline refinement only
+    frame_confidence: np.ndarray | None = None  # uint8 per 20 ms, offline (GlobalClusterer) only
     centroids: Mapping[int, np.ndarray] | None = None  # speaker -> L2-normalised mean embedding (192,)
     # no turn ending at or before this sample changes in a later view (the frozen horizon)
     settled_until_sample: int = 0
@@ -45,7 +45,7 @@ class SpeakerTurns:
 
 @dataclass(frozen=True)
 class OnlineClustererConfig:
-    """Online speaker clustering over a rolling buffer, with optional offline refinement at the end.
+    """Online speaker clustering over a rolling buffer (the offline pass: :mod:`.global_clusterer`).
 
     Live, after each utterance the windows of the rolling buffer are clustered again together with
     the summaries of the speakers heard before the buffer (a few weighted prototypes per speaker),
@@ -61,10 +61,6 @@ class OnlineClustererConfig:
         The rolling buffer (120 s at 16 kHz).
     num_speakers, min_speakers, max_speakers
         Speaker-count constraints (``num_speakers`` exact; it excludes the other two).
-    refine
-        Offline mode: keep every window and, at end of input, cluster them all globally and emit every
-        turn. The online assignment is skipped (the global clustering would replace its labels), so
-        nothing is emitted before the end of input.
     merge_similarity
         Cosine similarity of two speaker centroids above which they are merged after the spectral
         clustering (lower merges more; the sensitivity knob when counts come out high).
@@ -86,7 +82,6 @@ class OnlineClustererConfig:
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
-    refine: bool = False
     merge_similarity: float = 0.8
     prune_fraction: float = 0.012
     min_cluster_windows: int = 5
@@ -122,7 +117,7 @@ class OnlineClustererConfig:
 
 @dataclass(frozen=True)
 class ClustererState:
-    """Plain arrays: speaker prototypes, the buffer's windows, frozen turns, and (refine) all windows."""
+    """Plain arrays: speaker prototypes, the buffer's windows and the frozen turns."""
 
     prototype_sums: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (m, 192)
     prototype_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # (m,) windows each
@@ -136,37 +131,9 @@ class ClustererState:
     frozen_turns: tuple[SpeakerTurn, ...] = ()
     utterances: int = 0
     end_sample: int = 0
-    history_spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # refine only, (N, 2)
-    history_vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (N, 192)
-    history_utterance_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,)
-    vad_probabilities: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # refine only
 
 
 _MIN_WINDOWS_TO_ASSIGN = 24  # fewer buffer windows (~18 s of speech): always cluster again (cheap, and the spread is unsure)
-
-
-class _GrowingArray:
-    """Rows appended into one buffer that doubles when full: O(1) amortised appends and no heap of
-    small arrays (which fragments memory over a 24 h run)."""
-
-    def __init__(self, initial: np.ndarray) -> None:
-        self._data = initial.copy()
-        self._size = len(initial)
-
-    def append(self, rows: np.ndarray) -> None:
-        needed = self._size + len(rows)
-        if needed > len(self._data):
-            grown = np.empty((max(needed, 2 * len(self._data), 64), *self._data.shape[1:]), self._data.dtype)
-            grown[: self._size] = self._data[: self._size]
-            self._data = grown
-        self._data[self._size:needed] = rows
-        self._size = needed
-
-    def view(self) -> np.ndarray:
-        return self._data[: self._size]
-
-    def __len__(self) -> int:
-        return self._size
 
 
 def windows_to_turns(spans: np.ndarray, labels: np.ndarray, utterance_ids: np.ndarray) -> list[SpeakerTurn]:
@@ -213,7 +180,7 @@ def _smooth(labels: np.ndarray) -> np.ndarray:
 
 class OnlineClusterer:
     """See :class:`OnlineClustererConfig`. Memory: O(speakers x prototypes + windows in the buffer + frozen
-    turns), plus every window's embedding when ``refine`` is on (offline mode: 24 h is ~100k x 192 floats)."""
+    turns)."""
 
     def __init__(self, config: OnlineClustererConfig, state: ClustererState) -> None:
         self.config = config
@@ -224,27 +191,16 @@ class OnlineClusterer:
         self._labels, self._utterance_ids = state.labels, state.utterance_ids
         self._frozen_turns: list[SpeakerTurn] = list(state.frozen_turns)
         self._utterances, self._end_sample = state.utterances, state.end_sample
-        self._history_spans = _GrowingArray(state.history_spans)
-        self._history_vectors = _GrowingArray(state.history_vectors)
-        self._history_utterances = _GrowingArray(state.history_utterance_ids)
-        self._vad = _GrowingArray(state.vad_probabilities)
 
     def on_item(self, item: UtteranceEmbeddings | VadProbabilities) -> Sequence[SpeakerTurns]:
         cfg = self.config
-        if isinstance(item, VadProbabilities):
-            if cfg.refine:  # kept for frame-level confidence (offline only: 24 h is ~11 MB)
-                self._vad.append(item.probabilities)
+        if isinstance(item, VadProbabilities):  # only the offline clusterer uses them (frame confidence)
             return []
         new_vectors = np.stack([w.vector for w in item.windows]).astype(np.float32)  # (m, 192)
         new_spans = np.array([[w.start_sample, w.end_sample] for w in item.windows], dtype=np.int64)
         utterance = np.full(len(new_vectors), self._utterances)
         self._utterances += 1
         self._end_sample = max(self._end_sample, item.region.end_sample)
-        if cfg.refine:  # offline: the global re-clustering at the end replaces any online labels
-            self._history_spans.append(new_spans)
-            self._history_vectors.append(new_vectors)
-            self._history_utterances.append(utterance)
-            return []
         assigned = self._assign(new_vectors)
         self._since_reclustering += int(new_spans[-1, 1] - new_spans[0, 0])
         self._spans = np.vstack([self._spans, new_spans])
@@ -383,33 +339,9 @@ class OnlineClusterer:
         return []
 
     def on_eof(self) -> Sequence[SpeakerTurns]:
-        cfg = self.config
-        if not cfg.refine or not len(self._history_spans):
-            return [self._view(final=True)]
-        spans = self._history_spans.view()
-        vectors = self._history_vectors.view()
-        utterance_ids = self._history_utterances.view()
-        min_speakers, max_speakers = cfg.speakers.floor, cfg.speakers.cap
-        labels = cluster_embeddings(vectors, min_speakers, max_speakers, cfg.merge_similarity,
-                                    cfg.prune_fraction, min_cluster_size=cfg.min_cluster_windows)
-        found = int(labels.max()) + 1 if len(labels) else 0
-        warnings: tuple[str, ...] = ()
-        if cfg.num_speakers is not None and found != cfg.num_speakers:
-            warnings = (f"asked for {cfg.num_speakers} speakers but the audio only supports {found}",)
-        posteriors = window_posteriors(vectors, labels)  # (n, speakers)
-        turns = turn_posteriors(windows_to_turns(spans, labels, utterance_ids), spans, posteriors)
-        vad = self._vad.view()
-        end = max(self._end_sample, len(vad) * VAD_WINDOW_SAMPLES)
-        frames = frame_confidence(turns, spans, posteriors, labels, vad, end)
-        sums = label_sums(labels, vectors, found)
-        centroids = {k: unit(sums[k]) for k in range(found)}
-        return [SpeakerTurns((), 0, tuple(turns), self._utterances, self._end_sample, True, warnings, frames,
-                             centroids)]
+        return [self._view(final=True)]
 
     def checkpoint(self) -> ClustererState:
-        spans, vectors = self._history_spans.view().copy(), self._history_vectors.view().copy()
-        utterance_ids, vad = self._history_utterances.view().copy(), self._vad.view().copy()
         return ClustererState(self._prototype_sums, self._prototype_weights, self._prototype_speakers,
-                              self._speakers, self._since_reclustering, self._spans, self._vectors, self._labels, self._utterance_ids,
-                              tuple(self._frozen_turns), self._utterances, self._end_sample, spans, vectors,
-                              utterance_ids, vad)
+                              self._speakers, self._since_reclustering, self._spans, self._vectors, self._labels,
+                              self._utterance_ids, tuple(self._frozen_turns), self._utterances, self._end_sample)

@@ -5,6 +5,9 @@ r"""The standard diarization graph.
     framer -> vad -> embedder -> clusterer -> overlaps -> snapshots
          \-> overlap_detector ------------------/
 
+The clusterer is :class:`~.clustering.OnlineClusterer` in ``"stream"`` mode and
+:class:`~.global_clusterer.GlobalClusterer` in ``"offline"`` mode.
+
 Without overlap detection (``PipelineConfig.overlap_detection = None``) the graph is the plain chain
 and every moment has at most one speaker.
 """
@@ -18,6 +21,7 @@ from diarflow.dataflow import Graph, GraphBuilder
 
 from .clustering import OnlineClustererConfig
 from .embedding import EmbeddingExtractorConfig
+from .global_clusterer import GlobalClustererConfig
 from .framing import PcmFramerConfig
 from .overlap import OverlapAssignerConfig
 from .segmentation import OverlapDetectorConfig
@@ -51,8 +55,11 @@ class PipelineConfig:
     overlap_detection: OverlapDetectorConfig | None = field(default_factory=OverlapDetectorConfig)
     overlaps: OverlapAssignerConfig = field(default_factory=OverlapAssignerConfig)
     snapshots: SnapshotEmitterConfig = field(default_factory=SnapshotEmitterConfig)
+    mode: Literal["offline", "stream"] = "stream"
 
     def __post_init__(self) -> None:
+        if self.mode not in ("offline", "stream"):
+            raise ValueError(f"mode must be 'offline' or 'stream', got {self.mode!r}")
         settle = self.snapshots.settle_samples
         if settle is not None and settle >= self.clustering.retention_samples:
             raise ValueError(f"snapshots.settle_samples ({settle}) must be below clustering.retention_samples "
@@ -65,13 +72,17 @@ class PipelineConfig:
 
     def for_mode(self, mode: Literal["offline", "stream"]) -> PipelineConfig:
         """This config with the switches of a driver mode set: ``"offline"`` turns on shared embedding
-        passes over whole utterances and the global re-clustering at end of input; ``"stream"``
-        turns both off (results after every utterance)."""
+        passes over whole utterances and clusters all windows at end of input (:class:`GlobalClustererConfig`
+        with ``clustering``'s knobs); ``"stream"`` clusters online over the rolling buffer (results after
+        every utterance)."""
         if mode not in ("offline", "stream"):
             raise ValueError(f"mode must be 'offline' or 'stream', got {mode!r}")
-        offline = mode == "offline"
-        return replace(self, embedding=replace(self.embedding, shared_passes=offline),
-                       clustering=replace(self.clustering, refine=offline))
+        return replace(self, mode=mode, embedding=replace(self.embedding, shared_passes=mode == "offline"))
+
+    @property
+    def clusterer(self) -> OnlineClustererConfig | GlobalClustererConfig:
+        """The clusterer node of this mode: online over the rolling buffer, or global at end of input."""
+        return self.clustering if self.mode == "stream" else GlobalClustererConfig.like(self.clustering)
 
 
 def build_graph(config: PipelineConfig | None = None) -> Graph:
@@ -83,7 +94,7 @@ def build_graph(config: PipelineConfig | None = None) -> Graph:
             ("framer", config.framing),
             ("vad", config.vad),
             ("embedder", config.embedding),
-            ("clusterer", config.clustering),
+            ("clusterer", config.clusterer),
             ("snapshots", config.snapshots),
         ).freeze()
     return (
@@ -92,7 +103,7 @@ def build_graph(config: PipelineConfig | None = None) -> Graph:
             ("framer", config.framing),
             ("vad", config.vad),
             ("embedder", config.embedding),
-            ("clusterer", config.clustering),
+            ("clusterer", config.clusterer),
             ("overlaps", config.overlaps),
             ("snapshots", config.snapshots),
         )

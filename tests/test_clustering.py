@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from diarflow.operators.clustering import OnlineClustererConfig, windows_to_turns
+from diarflow.operators.global_clusterer import GlobalClustererConfig
 from diarflow.operators.vectors import label_sums
 from diarflow.operators.messages import SpeakerEmbedding, SpeechRegion, UtteranceEmbeddings
 from diarflow.operators.snapshots import SnapshotEmitterConfig
@@ -31,7 +32,7 @@ def _utterance(start_s: float, centre: np.ndarray, windows: int = 2, noise: floa
     return UtteranceEmbeddings(region, tuple(spans))
 
 
-def _run(config: OnlineClustererConfig, utterances: list[UtteranceEmbeddings]):  # type: ignore[no-untyped-def]
+def _run(config: OnlineClustererConfig | GlobalClustererConfig, utterances: list[UtteranceEmbeddings]):  # type: ignore[no-untyped-def]
     clusterer = config.build(None)
     emitter = SnapshotEmitterConfig().build(None)
     snapshots = []
@@ -82,7 +83,6 @@ def test_buffer_memory_is_bounded() -> None:
         clusterer.on_item(_utterance(4.0 * i, a if i % 2 else b, seed=i))
     state = clusterer.checkpoint()
     assert len(state.vectors) <= 20 // 4 * 2 + 4  # windows of the last ~20 s only
-    assert len(state.history_vectors) == 0  # no history kept without offline refinement
     assert len(state.prototype_sums) <= 2 * OnlineClustererConfig().prototypes_per_speaker
     assert state.prototype_weights.sum() == 300 * 2 - len(state.vectors)  # every evicted window counted once
 
@@ -102,11 +102,17 @@ def test_live_count_adapts_when_a_channel_lifts_every_similarity() -> None:
     assert [t.speaker for t in final.turns][:6] == [0, 1, 2, 0, 1, 2]
 
 
-def test_refinement_relabels_globally_at_end_of_input() -> None:
+def test_global_clusterer_emits_every_turn_once_at_end_of_input() -> None:
     centres = _speakers(3, seed=9)
     utterances = [_utterance(4.0 * i, centres[i % 3], windows=3, seed=i) for i in range(30)]
-    final = _run(OnlineClustererConfig(refine=True), utterances)[-1]
+    snapshots = _run(GlobalClustererConfig(), utterances)
+    assert len(snapshots) == 1  # nothing before the end of input
+    final = snapshots[-1]
     assert final.final and final.num_speakers == 3
+    assert [t.speaker for t in final.turns][:6] == [0, 1, 2, 0, 1, 2]
+    assert all(0.0 <= t.confidence <= 1.0 for t in final.turns)
+    assert all(t.posteriors and t.posteriors[0][0] == t.speaker for t in final.turns)
+    assert final.frame_confidence is not None and len(final.frame_confidence) > 0
     assert all(0.0 <= t.confidence <= 1.0 for t in final.turns)
     assert all(t.posteriors and t.posteriors[0][0] == t.speaker for t in final.turns)
 
