@@ -259,7 +259,7 @@ class OnlineClusterer:
                 continue
             mapping[cluster] = self._speakers
             self._speakers += 1
-        labels = mapping[clusters[:n]]
+        labels = self._keep_established(previous, mapping[clusters[:n]], rows, weights)
         moved = (previous >= 0) & (labels != previous)
         if moved.any():  # a window already shown keeps its speaker unless the new one's centroid is closer
             ids = np.concatenate([labels, self._prototype_speakers])
@@ -269,6 +269,32 @@ class OnlineClusterer:
         for u in np.unique(self._utterance_ids):
             mask = self._utterance_ids == u
             labels[mask] = _smooth(labels[mask])
+        return labels
+
+    def _keep_established(self, previous: np.ndarray, labels: np.ndarray, rows: np.ndarray,
+                          weights: np.ndarray) -> np.ndarray:
+        """A speaker who held at least ``min_cluster_windows`` buffer windows and gets none in the new
+        clustering keeps them, unless their centroid is as similar to another speaker's as the merge
+        criterion (``merge_similarity``) asks: the eigengap's count may waver from one re-clustering to the
+        next, and an established voice should not vanish and come back with it.
+
+        ``previous``, ``labels``: buffer windows' ids before / after ``(n,)``; ``rows (n + m, 192)``, unit
+        buffer windows then prototypes, with ``weights (n + m,)``. Returns the ids ``(n,)``.
+        """
+        held = np.bincount(previous[previous >= 0], minlength=self._speakers)
+        gone = np.flatnonzero((held >= self.config.min_cluster_windows)
+                              & (np.bincount(labels, minlength=self._speakers) == 0))
+        if not len(gone):
+            return labels
+        before = np.concatenate([previous, self._prototype_speakers])
+        shown = before >= 0
+        old = normalise(label_sums(before[shown], rows[shown], self._speakers, weights[shown]))  # (speakers, 192)
+        new = normalise(label_sums(np.concatenate([labels, self._prototype_speakers]), rows, self._speakers,
+                                   weights))
+        for speaker in gone.tolist():
+            others = np.delete(new, speaker, axis=0)
+            if not len(others) or float(np.max(others @ old[speaker])) < self.config.merge_similarity:
+                labels = np.where(previous == speaker, speaker, labels)
         return labels
 
     def _evict(self) -> None:

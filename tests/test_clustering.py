@@ -211,3 +211,30 @@ def test_live_ids_never_exceed_a_fixed_count() -> None:
     snapshots = _run(OnlineClustererConfig(num_speakers=2, retention_samples=30 * RATE), utterances)
     assert all(s.num_speakers <= 2 for s in snapshots)
     assert {t.speaker for t in snapshots[-1].turns} == {0, 1}
+
+
+@pytest.mark.parametrize("similar, kept", [(False, True), (True, False)])
+def test_an_established_voice_survives_a_wavering_count_unless_the_merge_criterion_holds(
+        monkeypatch: pytest.MonkeyPatch, similar: bool, kept: bool) -> None:
+    """Two voices of 8 windows each in the buffer; a re-clustering (scripted: the spectral count is what
+    wavers) then finds a single speaker. Distinct voices keep their ids; voices whose centroids are as
+    similar as ``merge_similarity`` asks do merge."""
+    import diarflow.operators.clustering as clustering
+
+    a, b = _speakers(2, seed=3)
+    if similar:  # centroids at cosine ~0.9: above the 0.8 merge criterion
+        b = 0.9 * a + np.sqrt(1 - 0.81) * b
+    found = {"count": 2}
+
+    def scripted(rows: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
+        nearer_b = (rows @ b > rows @ a).astype(np.int64)
+        return nearer_b if found["count"] == 2 else np.zeros(len(rows), np.int64)
+
+    monkeypatch.setattr(clustering, "cluster_embeddings", scripted)
+    clusterer = OnlineClustererConfig(reclustering_samples=0).build(None)
+    for i in range(4):
+        clusterer.on_item(_utterance(8.0 * i, a if i % 2 == 0 else b, windows=4, noise=0.01, seed=i))
+    assert set(clusterer.checkpoint().labels.tolist()) == {0, 1}
+    found["count"] = 1
+    view = clusterer.on_item(_utterance(40.0, a, windows=4, noise=0.01, seed=9))[-1]
+    assert ({t.speaker for t in view.live} == {0, 1}) is kept, view.live
