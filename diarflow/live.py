@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from diarflow.dataflow import Checkpoint, Graph, StreamingSession
+from diarflow.operators.merge_similarity import check_merge_similarity
 from diarflow.operators.messages import PcmBytes, Snapshot, SpeakerTurn
 from diarflow.operators.pipeline import PipelineConfig, build_graph
 from diarflow.operators.speaker_count import SpeakerCount
@@ -83,11 +84,8 @@ class LiveOptions:
     speakers: tuple[KnownSpeaker, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.merge_similarity is not None and (
-                isinstance(self.merge_similarity, bool) or not isinstance(self.merge_similarity, (int, float))
-                or not -1.0 < self.merge_similarity <= 1.0):
-            raise ValueError(f"merge_similarity must be a number in (-1, 1], got {self.merge_similarity!r} "
-                             "(lower merges more voices into one speaker)")
+        if self.merge_similarity is not None:
+            check_merge_similarity(self.merge_similarity)
         if len(self.speakers) > MAX_KNOWN_SPEAKERS:
             raise ValueError(f"speakers: at most {MAX_KNOWN_SPEAKERS} known speakers, got {len(self.speakers)}")
         labels = [s.label for s in self.speakers]
