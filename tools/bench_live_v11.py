@@ -29,6 +29,7 @@ import numpy as np
 
 from tools import exit_without_dev_corpus
 from diarflow.operators.constants import SAMPLE_RATE
+from diarflow.testing import ServerProcess
 from diarflow.testing.evaluation import DevItem, load_dev_items
 
 FRAME_SAMPLES = 3200
@@ -153,52 +154,20 @@ async def _latency(url: str, frames: list[bytes]) -> list[float]:
     return outcome.latencies_ms
 
 
-class _Server:
-    """``diarflow serve`` in its own process (the production entry point), optionally with ``--data-dir``."""
-
-    def __init__(self, data_dir: Path | None) -> None:
-        import subprocess
-        import sys
-        import urllib.request
-
-        from diarflow.testing import free_port
-
-        self.port = free_port()
-        extra = ["--data-dir", str(data_dir)] if data_dir is not None else []
-        self.proc = subprocess.Popen([sys.executable, "-m", "diarflow.cli", "serve", "--port", str(self.port), *extra],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("server did not start") from None
-                time.sleep(0.3)
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/diarize/stream"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
 def server_phases(items: list[DevItem], reconnects: int, latency_s: float) -> None:
     frames = _frames(items[0])
     with tempfile.TemporaryDirectory() as folder:
         for data_dir in (Path(folder), None):
-            server = _Server(data_dir)
+            # the production entry point, `diarflow serve`, with and without --data-dir
+            server = ServerProcess(data_dir, cli_args=[]).start()
             try:
                 label = "checkpointing on (--data-dir)" if data_dir is not None else "checkpointing off"
                 if data_dir is not None:
-                    resumes = asyncio.run(_resume_latencies(server.url, reconnects, frames[:150]))
+                    resumes = asyncio.run(_resume_latencies(server.stream_url, reconnects, frames[:150]))
                     print(f"reconnect to ready (resume, {label}): P50 {np.percentile(resumes, 50):.1f} ms, "
                           f"P99 {np.percentile(resumes, 99):.1f} ms over {len(resumes)} (target P99 <= 200 ms)",
                           flush=True)
-                latencies = asyncio.run(_latency(server.url, frames[: int(latency_s / 0.2)]))
+                latencies = asyncio.run(_latency(server.stream_url, frames[: int(latency_s / 0.2)]))
                 print(f"live latency, 1 session, {label}: P50 {np.percentile(latencies, 50):.1f} ms, "
                       f"P99 {np.percentile(latencies, 99):.1f} ms over {len(latencies)} utterances", flush=True)
             finally:
