@@ -102,7 +102,7 @@ def checkpoints(items: list[DevItem], resources: Any, hours: float) -> None:
     session = LiveSession(LiveOptions(), resources)
     limit = int(hours * 3600 * SAMPLE_RATE)
     write_ms: list[float] = []
-    size = journal = 0
+    size = journal = on_disk = 0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         file = CheckpointFile(Path(folder) / "session.ckpt")
@@ -116,9 +116,11 @@ def checkpoints(items: list[DevItem], resources: Any, hours: float) -> None:
                         size = file.save(session, {"session_id": "bench", "team": None})
                         write_ms.append((time.perf_counter() - t0) * 1000.0)
                         journal = file.turns_path.stat().st_size if file.turns_path.exists() else 0
+                        on_disk = file.path.stat().st_size
         elapsed = time.perf_counter() - started
     print(f"checkpoint after {session.samples_received / SAMPLE_RATE / 3600:.2f} h of audio "
-          f"({elapsed:.0f} s to stream): {size / 1e6:.2f} MB (target <= 5 MB) plus {journal / 1e3:.0f} kB of settled "
+          f"({elapsed:.0f} s to stream): {size / 1e6:.2f} MB (target <= 5 MB; its file, two slots: "
+          f"{on_disk / 1e6:.2f} MB) plus {journal / 1e3:.0f} kB of settled "
           f"turns appended beside it; write per utterance "
           f"P50 {np.percentile(write_ms, 50):.2f} ms, P99 {np.percentile(write_ms, 99):.2f} ms over "
           f"{len(write_ms)} utterances (target P99 <= 10 ms)")
