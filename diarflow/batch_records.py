@@ -12,6 +12,7 @@ from typing import Literal, Sequence
 
 import pyarrow as pa
 
+from diarflow.operators.merge_similarity import check_merge_similarity
 from diarflow.operators.speaker_count import SpeakerCount
 
 __all__ = ["FILES_SCHEMA", "FORMATS", "OUTCOME_SCHEMA", "SEGMENTS_SCHEMA", "WORKER_DIED", "BatchItem",
@@ -78,8 +79,8 @@ class BatchOptions:
 
     def __post_init__(self) -> None:
         SpeakerCount(self.num_speakers, self.min_speakers, self.max_speakers)  # SpeakerCountError if invalid
-        if self.merge_similarity is not None and not -1.0 < self.merge_similarity <= 1.0:
-            raise ValueError(f"merge_similarity must lie in (-1, 1], got {self.merge_similarity}")
+        if self.merge_similarity is not None:
+            check_merge_similarity(self.merge_similarity)
         unknown = sorted(set(self.formats) - set(FORMATS))
         if unknown or not self.formats:
             raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}; "

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
+from diarflow.operators.merge_similarity import DEFAULT_MERGE_SIMILARITY, check_merge_similarity
 from diarflow.operators.speaker_count import CLI_NAMES, SpeakerCount, SpeakerCountError, count_from_text
 from diarflow.provisioning import (
     MODELS,
@@ -246,12 +247,10 @@ def _same_output_names(files: Sequence[str]) -> tuple[str, str] | None:
 def similarity(text: str) -> float:
     """An ``argparse`` type for a cosine similarity in (-1, 1]."""
     try:
-        value = float(text)
+        return check_merge_similarity(float(text))  # float(): ValueError on text that is not a number
     except ValueError:
+        # argparse names the option itself; a one-line hint in the command line's own terms
         raise argparse.ArgumentTypeError(f"expected a number between -1 and 1, got {text!r}") from None
-    if not -1.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between -1 and 1, got {value}")
-    return value
 
 
 def _port(text: str) -> int:
@@ -272,8 +271,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from diarflow.operators.clustering import OnlineClustererConfig
-
     parser = _Parser(prog="diarflow", description="Speaker diarization (who spoke when), live and offline.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
@@ -305,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     diar.add_argument("--max-speakers", type=count_from_text, metavar="N",
                       help="at most N speakers (default: no limit)")
     diar.add_argument("--merge-similarity", type=similarity, metavar="X",
-                      help=f"clustering sensitivity (default {OnlineClustererConfig().merge_similarity}): "
+                      help=f"clustering sensitivity (default {DEFAULT_MERGE_SIMILARITY}): "
                            "two speakers whose voices are more "
                            "similar than X (cosine) become one; lower it when one person comes out as two "
                            "speakers, raise it when two people are merged")

@@ -11,9 +11,7 @@ original stood (fresh start and resume are one path). Protocols and files are th
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -22,9 +20,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from diarflow.dataflow import Checkpoint, Graph, StreamingSession
+from diarflow.operators.merge_similarity import check_merge_similarity
 from diarflow.operators.messages import PcmBytes, Snapshot, SpeakerTurn
 from diarflow.operators.pipeline import PipelineConfig, build_graph
 from diarflow.operators.speaker_count import SpeakerCount
+from diarflow.slot_file import SlotFile, write_atomic
 from diarflow.voiceprints import DEFAULT_EXCLUSIVE, DEFAULT_THRESHOLD, decode_voiceprint, match_speakers
 
 __all__ = ["CheckpointFile", "KnownSpeaker", "LiveCheckpoint", "LiveOptions", "LiveSession", "MAX_KNOWN_SPEAKERS",
@@ -83,11 +83,8 @@ class LiveOptions:
     speakers: tuple[KnownSpeaker, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.merge_similarity is not None and (
-                isinstance(self.merge_similarity, bool) or not isinstance(self.merge_similarity, (int, float))
-                or not -1.0 < self.merge_similarity <= 1.0):
-            raise ValueError(f"merge_similarity must be a number in (-1, 1], got {self.merge_similarity!r} "
-                             "(lower merges more voices into one speaker)")
+        if self.merge_similarity is not None:
+            check_merge_similarity(self.merge_similarity)
         if len(self.speakers) > MAX_KNOWN_SPEAKERS:
             raise ValueError(f"speakers: at most {MAX_KNOWN_SPEAKERS} known speakers, got {len(self.speakers)}")
         labels = [s.label for s in self.speakers]
@@ -220,19 +217,6 @@ def load_checkpoint(data: bytes) -> LiveCheckpoint:
     return checkpoint
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a reader (or a restart after kill -9) sees the old file or the
-    new one, never a mix: write a temporary file in the same folder, then ``os.replace``."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 _TURN_ROW = np.dtype([("start", "<i8"), ("end", "<i8"), ("speaker", "<i8"), ("confidence", "<f8"),
                       ("overlapping", "<i8")])
 _MIN_JOURNALED = 16  # shorter turn sequences are cheaper to pickle than to refer to
@@ -241,11 +225,15 @@ _MIN_JOURNALED = 16  # shorter turn sequences are cheaper to pickle than to refe
 class CheckpointFile:
     """A live session persisted in two files, so that saving it costs the same at minute 1 and hour 2.
 
-    ``<name>.ckpt`` holds the checkpoint and is replaced atomically at every save; it stays bounded
-    because the settled turns (append-only, the one part that grows with the session) go to
-    ``<name>.turns``, 40 bytes per turn, appended once each. The checkpoint refers to them by count. A
-    save appends the new turns before it replaces the checkpoint, so a kill between the two leaves
-    extra rows that the old checkpoint does not refer to (and :meth:`load` cuts them off).
+    ``<name>.ckpt`` holds the checkpoint, a :class:`~diarflow.slot_file.SlotFile`: every save overwrites
+    the older of its two slots in place, so a kill at any moment leaves the previous checkpoint or the
+    new one readable (and a save costs no file replacement; durability in the slot file's docstring).
+    It stays bounded because the settled turns (append-only, the one part that grows with the
+    session) go to ``<name>.turns``, 40 bytes per turn, appended once each. The checkpoint refers to
+    them by count, and to a selection of them (the clusterer's own turns, which the settled turns
+    interleave with overlaps) by their positions, 4 bytes each. A save appends the new turns before it
+    writes the checkpoint, so a kill between the two leaves extra rows that the old checkpoint does
+    not refer to (and :meth:`load` cuts them off).
 
     Parameters
     ----------
@@ -256,7 +244,9 @@ class CheckpointFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.turns_path = path.with_suffix(".turns")
+        self._slots = SlotFile(path)
         self._journal: list[SpeakerTurn] = []  # the settled turns already in the journal, same objects
+        self._positions: dict[int, int] = {}  # id() of each of them -> its row (they are alive: ids are unique)
 
     def save(self, session: LiveSession, meta: Mapping[str, Any] | None = None) -> int:
         """Persist ``session`` (between its calls); returns the checkpoint's size in bytes."""
@@ -267,7 +257,7 @@ class CheckpointFile:
         pickler.persistent_id = self._reference  # type: ignore[method-assign]
         pickler.dump(checkpoint)
         data = buffer.getvalue()
-        write_atomic(self.path, data)
+        self._slots.write(data)
         return len(data)
 
     def _extend_journal(self, snapshot: Snapshot | None) -> None:
@@ -276,6 +266,7 @@ class CheckpointFile:
         settled, count, journal = snapshot.frozen, snapshot.frozen_count, self._journal
         if not journal or len(journal) > count or settled[len(journal) - 1] is not journal[-1]:
             journal.clear()  # none yet, or not an extension (a re-labelled history): start over
+            self._positions.clear()
         new = [settled[i] for i in range(len(journal), count)]
         if not new:
             return
@@ -285,17 +276,25 @@ class CheckpointFile:
                         _TURN_ROW)
         with open(self.turns_path, "ab") as f:
             f.write(rows.tobytes())
+        self._positions.update((id(turn), row) for row, turn in enumerate(new, len(journal)))
         journal.extend(new)
 
     def _reference(self, obj: Any) -> Any:
-        """Pickle hook: a tuple or list that is a prefix of the journal is stored as its length."""
+        """Pickle hook: a tuple or list that is a prefix of the journal is stored as its length, one made
+        of journaled turns only (the clusterer's, without the overlaps) as their rows (int32 bytes)."""
         if type(obj) not in (tuple, list) or len(obj) < _MIN_JOURNALED or type(obj[0]) is not SpeakerTurn:
             return None
-        n, journal = len(obj), self._journal
-        if n > len(journal) or obj[0] is not journal[0] or obj[n - 1] is not journal[n - 1] \
-                or obj[n // 2] is not journal[n // 2]:
+        kind, n, journal = "tuple" if type(obj) is tuple else "list", len(obj), self._journal
+        if n <= len(journal) and obj[0] is journal[0] and obj[n - 1] is journal[n - 1] \
+                and obj[n // 2] is journal[n // 2]:
+            return (kind, n)
+        positions = self._positions
+        if id(obj[0]) not in positions:
+            return None  # e.g. live turns: pickled as they are
+        rows = [positions.get(id(turn), -1) for turn in obj]
+        if min(rows) < 0:
             return None
-        return ("tuple" if type(obj) is tuple else "list", n)
+        return (kind, np.array(rows, np.int32).tobytes())
 
     def load(self) -> LiveCheckpoint:
         """The saved checkpoint, its settled turns read back from the journal.
@@ -307,7 +306,7 @@ class CheckpointFile:
         ValueError
             The files are not a checkpoint (torn, foreign, or a journal shorter than it refers to).
         """
-        data = self.path.read_bytes()
+        data = self._slots.read()  # FileNotFoundError, or ValueError when neither slot is complete
         try:
             raw = self.turns_path.read_bytes()
         except FileNotFoundError:
@@ -318,11 +317,19 @@ class CheckpointFile:
         used = [0]
 
         def resolve(pid: Any) -> Any:
-            kind, n = pid
-            if not isinstance(n, int) or n > len(turns) or kind not in ("tuple", "list"):
-                raise pickle.UnpicklingError(f"checkpoint refers to {n} settled turns, the journal has {len(turns)}")
-            used[0] = max(used[0], n)
-            return tuple(turns[:n]) if kind == "tuple" else list(turns[:n])
+            kind, ref = pid
+            if isinstance(ref, bytes):  # a selection, by rows
+                rows = np.frombuffer(ref, np.int32).tolist()
+                picked = [turns[i] for i in rows if 0 <= i < len(turns)]
+                if kind not in ("tuple", "list") or len(picked) < len(rows):
+                    raise pickle.UnpicklingError(f"checkpoint refers to settled turns up to row {max(rows)}, "
+                                                 f"the journal has {len(turns)}")
+                used[0] = max(used[0], max(rows, default=-1) + 1)
+                return tuple(picked) if kind == "tuple" else picked
+            if not isinstance(ref, int) or ref > len(turns) or kind not in ("tuple", "list"):
+                raise pickle.UnpicklingError(f"checkpoint refers to {ref} settled turns, the journal has {len(turns)}")
+            used[0] = max(used[0], ref)
+            return tuple(turns[:ref]) if kind == "tuple" else list(turns[:ref])
 
         unpickler = pickle.Unpickler(io.BytesIO(data))
         unpickler.persistent_load = resolve  # type: ignore[method-assign]
@@ -333,6 +340,7 @@ class CheckpointFile:
         if not isinstance(checkpoint, LiveCheckpoint):
             raise ValueError(f"not a live checkpoint: {type(checkpoint).__name__}")
         self._journal = turns[: used[0]]  # rows past it belong to saves this checkpoint never saw
+        self._positions = {id(turn): row for row, turn in enumerate(self._journal)}
         if len(rows) > used[0]:
             with open(self.turns_path, "r+b") as f:
                 f.truncate(used[0] * _TURN_ROW.itemsize)

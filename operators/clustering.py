@@ -13,6 +13,7 @@ from .confidence import turn_confidence, window_posteriors
 from .global_clustering import cluster_embeddings
 from .vectors import label_sums, normalise
 from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
+from .merge_similarity import DEFAULT_MERGE_SIMILARITY, check_merge_similarity
 from .speaker_count import SpeakerCount
 
 __all__ = ["OnlineClusterer", "OnlineClustererConfig", "ClustererState", "SpeakerTurns", "windows_to_turns"]
@@ -82,7 +83,7 @@ class OnlineClustererConfig:
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
-    merge_similarity: float = 0.8
+    merge_similarity: float = DEFAULT_MERGE_SIMILARITY
     prune_fraction: float = 0.012
     min_cluster_windows: int = 5
     prototypes_per_speaker: int = 8
@@ -92,8 +93,7 @@ class OnlineClustererConfig:
     output_types: ClassVar[tuple[type, ...]] = (SpeakerTurns,)
 
     def __post_init__(self) -> None:
-        if not -1.0 < self.merge_similarity <= 1.0:
-            raise ValueError(f"merge_similarity must lie in (-1, 1], got {self.merge_similarity}")
+        check_merge_similarity(self.merge_similarity)
         if not 0.0 < self.prune_fraction <= 0.5:
             raise ValueError(f"prune_fraction must lie in (0, 0.5], got {self.prune_fraction}")
         if self.reclustering_samples < 0:

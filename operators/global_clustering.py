@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .merge_similarity import DEFAULT_MERGE_SIMILARITY
 from .speaker_clustering import spectral_clusters
 from .vectors import BLOCK_ROWS as _BLOCK_ROWS, kmeans as _kmeans, label_sums, normalise as _normalise
 
@@ -13,7 +14,7 @@ def cluster_embeddings(
     vectors: np.ndarray,
     min_speakers: int = 1,
     max_speakers: int | None = None,
-    merge_similarity: float = 0.8,
+    merge_similarity: float = DEFAULT_MERGE_SIMILARITY,
     prune_fraction: float = 0.012,
     max_direct: int = 2500,
     num_micro_clusters: int = 600,

@@ -3,8 +3,9 @@
 A session is known by a resume token (``secrets.token_urlsafe(24)``: 192 bits). The registry keys it
 by the token's SHA-256, so neither memory dumps nor file names hold a usable token. While a connection
 serves the session it is *attached*; when the connection drops it is *parked* for ``window_s`` and then
-forgotten. With a folder, each session's checkpoint lives in ``<folder>/<sha256>.ckpt`` (replaced
-atomically after every utterance), so a restarted server can pick it up; the file goes when the
+forgotten. With a folder, each session's checkpoint lives in ``<folder>/<sha256>.ckpt`` (written after
+every utterance, in place into the older of two slots, so that a kill at any moment leaves a complete
+one: :class:`diarflow.slot_file.SlotFile`), so a restarted server can pick it up; the file goes when the
 session ends or expires. Nothing here diarizes: sessions are :class:`diarflow.live.LiveSession`.
 """
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from tools import exit_without_dev_corpus
 from diarflow.operators.constants import SAMPLE_RATE
+from diarflow.testing import ServerProcess
 from diarflow.testing.evaluation import DevItem, load_dev_items
 
 FRAME_SAMPLES = 3200
@@ -101,7 +102,7 @@ def checkpoints(items: list[DevItem], resources: Any, hours: float) -> None:
     session = LiveSession(LiveOptions(), resources)
     limit = int(hours * 3600 * SAMPLE_RATE)
     write_ms: list[float] = []
-    size = journal = 0
+    size = journal = on_disk = 0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         file = CheckpointFile(Path(folder) / "session.ckpt")
@@ -115,9 +116,11 @@ def checkpoints(items: list[DevItem], resources: Any, hours: float) -> None:
                         size = file.save(session, {"session_id": "bench", "team": None})
                         write_ms.append((time.perf_counter() - t0) * 1000.0)
                         journal = file.turns_path.stat().st_size if file.turns_path.exists() else 0
+                        on_disk = file.path.stat().st_size
         elapsed = time.perf_counter() - started
     print(f"checkpoint after {session.samples_received / SAMPLE_RATE / 3600:.2f} h of audio "
-          f"({elapsed:.0f} s to stream): {size / 1e6:.2f} MB (target <= 5 MB) plus {journal / 1e3:.0f} kB of settled "
+          f"({elapsed:.0f} s to stream): {size / 1e6:.2f} MB (target <= 5 MB; its file, two slots: "
+          f"{on_disk / 1e6:.2f} MB) plus {journal / 1e3:.0f} kB of settled "
           f"turns appended beside it; write per utterance "
           f"P50 {np.percentile(write_ms, 50):.2f} ms, P99 {np.percentile(write_ms, 99):.2f} ms over "
           f"{len(write_ms)} utterances (target P99 <= 10 ms)")
@@ -153,52 +156,20 @@ async def _latency(url: str, frames: list[bytes]) -> list[float]:
     return outcome.latencies_ms
 
 
-class _Server:
-    """``diarflow serve`` in its own process (the production entry point), optionally with ``--data-dir``."""
-
-    def __init__(self, data_dir: Path | None) -> None:
-        import subprocess
-        import sys
-        import urllib.request
-
-        from diarflow.testing import free_port
-
-        self.port = free_port()
-        extra = ["--data-dir", str(data_dir)] if data_dir is not None else []
-        self.proc = subprocess.Popen([sys.executable, "-m", "diarflow.cli", "serve", "--port", str(self.port), *extra],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("server did not start") from None
-                time.sleep(0.3)
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/diarize/stream"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
 def server_phases(items: list[DevItem], reconnects: int, latency_s: float) -> None:
     frames = _frames(items[0])
     with tempfile.TemporaryDirectory() as folder:
         for data_dir in (Path(folder), None):
-            server = _Server(data_dir)
+            # the production entry point, `diarflow serve`, with and without --data-dir
+            server = ServerProcess(data_dir, cli_args=[]).start()
             try:
                 label = "checkpointing on (--data-dir)" if data_dir is not None else "checkpointing off"
                 if data_dir is not None:
-                    resumes = asyncio.run(_resume_latencies(server.url, reconnects, frames[:150]))
+                    resumes = asyncio.run(_resume_latencies(server.stream_url, reconnects, frames[:150]))
                     print(f"reconnect to ready (resume, {label}): P50 {np.percentile(resumes, 50):.1f} ms, "
                           f"P99 {np.percentile(resumes, 99):.1f} ms over {len(resumes)} (target P99 <= 200 ms)",
                           flush=True)
-                latencies = asyncio.run(_latency(server.url, frames[: int(latency_s / 0.2)]))
+                latencies = asyncio.run(_latency(server.stream_url, frames[: int(latency_s / 0.2)]))
                 print(f"live latency, 1 session, {label}: P50 {np.percentile(latencies, 50):.1f} ms, "
                       f"P99 {np.percentile(latencies, 99):.1f} ms over {len(latencies)} utterances", flush=True)
             finally:

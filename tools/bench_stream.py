@@ -21,10 +21,7 @@ import asyncio
 import json
 import os
 import random
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,44 +31,15 @@ from tools import exit_without_dev_corpus
 from diarflow.testing.evaluation import DevItem, Turn, diarization_error_rate, load_dev_items, read_rttm
 from diarflow.servers.stream_client import StreamOutcome, file_frames, percentile_ms, stream_frames
 from diarflow.servers.protocol import BYTES_PER_SECOND
-from diarflow.testing import free_port
+from diarflow.testing import ServerProcess, rss_bytes
 
 FRAME_S = 0.2
 P99_TARGET_MS = 280.0
 
 
-class ServerProcess:
-    """``diarflow serve`` in its own process, so its RSS is its own and clients do not share its GIL."""
-
-    def __init__(self, idle_timeout_s: float = 600.0) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "diarflow.cli", "serve", "--port", str(self.port),
-             "--idle-timeout", str(idle_timeout_s)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
-                    break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("server did not start") from None
-                time.sleep(0.3)
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/diarize/stream"
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+def _rss_mb(server: ServerProcess) -> float:
+    """The server's resident memory, MB (a process of its own: clients share neither it nor its GIL)."""
+    return rss_bytes(server.pid) / 2**20
 
 
 def _clips(library: Sequence[list[bytes]], count: int, seconds: float) -> list[list[bytes]]:
@@ -109,9 +77,9 @@ def _line(label: str, latencies: list[float], failures: int, compute: list[float
 async def bench_latency(server: ServerProcess, library: list[list[bytes]], seconds: float,
                         capacity_budget_s: float, capacity_seconds: float) -> None:
     print("== latency at real-time pace (one 200 ms frame every 200 ms) ==", flush=True)
-    lat, failed, compute = await _realtime(server.url, _clips(library, 1, seconds))
+    lat, failed, compute = await _realtime(server.stream_url, _clips(library, 1, seconds))
     print(_line("1 session", lat, failed, compute), flush=True)
-    lat, failed, compute = await _realtime(server.url, _clips(library, 16, seconds))
+    lat, failed, compute = await _realtime(server.stream_url, _clips(library, 16, seconds))
     print(_line("16 sessions", lat, failed, compute), flush=True)
     ok16 = failed == 0 and percentile_ms(lat, 99) <= P99_TARGET_MS
 
@@ -123,7 +91,7 @@ async def bench_latency(server: ServerProcess, library: list[list[bytes]], secon
         if time.monotonic() - started + capacity_seconds > capacity_budget_s:
             print(f"(time budget of {capacity_budget_s:.0f} s spent; stopping before {n})")
             break
-        lat, failed, compute = await _realtime(server.url, _clips(library, n, capacity_seconds))
+        lat, failed, compute = await _realtime(server.stream_url, _clips(library, n, capacity_seconds))
         held = failed == 0 and percentile_ms(lat, 99) <= P99_TARGET_MS
         print(_line(f"{n} sessions", lat, failed, compute) + ("  OK" if held else "  over target"), flush=True)
         if ok16 and not held:
@@ -158,7 +126,7 @@ def _snapshot_problems(body: dict[str, Any]) -> list[str]:
 async def bench_long_session(server: ServerProcess, library: list[list[bytes]], hours: float) -> None:
     print(f"== one {hours:g} h session, fed faster than real time ==", flush=True)
     total_bytes = int(hours * 3600) * BYTES_PER_SECOND  # exactly the length asked for: file-end frames are short
-    rss = [("start", server.rss_mb())]
+    rss = [("start", _rss_mb(server))]
     checked = bad = 0
     old_count = 0
     marks = [(int(total_bytes * f), f"{int(f * 100)} %") for f in (0.25, 0.5, 0.75)]
@@ -174,7 +142,7 @@ async def bench_long_session(server: ServerProcess, library: list[list[bytes]], 
                         return
                     sent += len(frame)
                     while marks and sent >= marks[0][0]:
-                        rss.append((marks.pop(0)[1], server.rss_mb()))
+                        rss.append((marks.pop(0)[1], _rss_mb(server)))
                     yield frame
 
     def check(body: dict[str, Any], _latency: float | None) -> None:
@@ -195,9 +163,9 @@ async def bench_long_session(server: ServerProcess, library: list[list[bytes]], 
                 print("  invalid snapshot:", problems[:3])
 
     started = time.monotonic()
-    outcome = await stream_frames(server.url, counted(), on_message=check)
+    outcome = await stream_frames(server.stream_url, counted(), on_message=check)
     elapsed = time.monotonic() - started
-    rss.append(("end", server.rss_mb()))
+    rss.append(("end", _rss_mb(server)))
     final = outcome.final or {"data": {"segments": []}, "stats": {}}
     audio_s = sent / BYTES_PER_SECOND
     print(f"audio {audio_s / 3600:.2f} h in {elapsed:.0f} s ({audio_s / elapsed:.1f}x real time); "
@@ -219,7 +187,7 @@ async def bench_der(server: ServerProcess, items: list[DevItem]) -> None:
 
     async def endpoint(item: DevItem) -> StreamOutcome:
         async with limit:
-            return await stream_frames(server.url, file_frames(item.audio_path))
+            return await stream_frames(server.stream_url, file_frames(item.audio_path))
 
     endpoint_runs = asyncio.gather(*(endpoint(i) for i in items))
     local_runs = asyncio.gather(*(asyncio.to_thread(diarize, i.audio_path, mode="stream") for i in items))
@@ -260,9 +228,9 @@ async def main(argv: Sequence[str] | None = None) -> None:
     library = [file_frames(i.audio_path) for i in items]
     print(f"cores: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.1f}")
     print(f"dev recordings: {len(items)}, {sum(len(f) for f in library) * FRAME_S:.0f} s of audio", flush=True)
-    server = ServerProcess()
+    server = ServerProcess(cli_args=["--idle-timeout", "600"]).start()
     try:
-        print(f"server RSS after start: {server.rss_mb():.0f} MB", flush=True)
+        print(f"server RSS after start: {_rss_mb(server):.0f} MB", flush=True)
         if "latency" not in args.skip:
             await bench_latency(server, library, args.seconds, args.capacity_budget, args.capacity_seconds)
         if "long" not in args.skip:
@@ -270,7 +238,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
         if "der" not in args.skip:
             await bench_der(server, items[: args.der_files])
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{server.port}/health") as response:
+            async with http.get(f"{server.url}/health") as response:
                 print(f"sessions open at the end: {json.loads(await response.text())['sessions']}")
     finally:
         server.stop()

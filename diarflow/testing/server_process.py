@@ -16,12 +16,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from dataclasses import fields
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Sequence
 
 from aiohttp import web
 
@@ -64,35 +65,70 @@ def children_of(pid: int) -> list[int]:
 class ServerProcess:
     """A ``diarflow`` server on 127.0.0.1 in a child process, configured by keyword arguments.
 
+    Two ways to start it: by default the test entry point (``python -m diarflow.testing.server_process``),
+    which takes every setting as a keyword and can inject faults; with ``cli_args``, the production
+    entry point ``diarflow serve`` with those flags (what benchmarks measure).
+
     Parameters
     ----------
     data_dir
-        The job API's data folder (kept across restarts).
+        The job API's data folder (kept across restarts); required by the test entry point. With
+        ``cli_args`` it is passed as ``--data-dir`` when given (``None``: no job API, no live checkpoints).
     env
         Extra environment variables.
     jobs
-        :class:`JobsSettings` fields.
+        :class:`JobsSettings` fields (test entry point only).
     faults
         Install the disk-full switch: while ``<data_dir>/FAIL_WRITES`` exists, the server's store
-        writes and upload writes fail with "database or disk is full" / ``ENOSPC``.
+        writes and upload writes fail with "database or disk is full" / ``ENOSPC`` (test entry point only).
     log_path
-        Where the server's output goes (default: ``<data_dir>/server-<port>.log``).
+        Where the server's output goes (default: ``<data_dir>/server-<port>.log``, or an anonymous
+        temporary file without a data dir); its end is shown when the server does not start.
+    cli_args
+        Run ``diarflow serve --host 127.0.0.1 --port <free port> [--data-dir DIR] *cli_args`` instead,
+        e.g. ``["--idle-timeout", "600"]``.
     server
-        Other :class:`ServerSettings` fields (``auth_enabled``, ``api_keys``, ``model_dir``...).
+        Other :class:`ServerSettings` fields (``auth_enabled``, ``api_keys``, ``model_dir``...; test
+        entry point only: with ``cli_args`` they are flags).
+
+    Examples
+    --------
+    >>> with ServerProcess(cli_args=["--idle-timeout", "600"]) as server:  # doctest: +SKIP
+    ...     print(server.stream_url)
     """
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, jobs: dict[str, Any] | None = None,
-                 faults: bool = False, log_path: Path | None = None, **server: Any) -> None:
+    def __init__(self, data_dir: Path | None = None, env: dict[str, str] | None = None,
+                 jobs: dict[str, Any] | None = None, faults: bool = False, log_path: Path | None = None,
+                 cli_args: Sequence[str] | None = None, **server: Any) -> None:
         self.port = free_port()
-        self.data_dir = Path(data_dir)
-        self.config = {"data_dir": str(data_dir), "port": self.port, "jobs": jobs or {}, "faults": faults, **server}
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.cli_args = list(cli_args) if cli_args is not None else None
+        self.config: dict[str, Any] = {}  # the test entry point's settings (empty with cli_args)
+        if self.cli_args is not None:
+            if jobs or faults or server:
+                raise ValueError("with cli_args the server is `diarflow serve`: give its settings as flags, "
+                                 f"got jobs={jobs!r}, faults={faults!r}, {sorted(server)}")
+        elif self.data_dir is None:
+            raise ValueError("the test entry point needs a data_dir (or pass cli_args to run `diarflow serve`)")
+        else:
+            self.config = {"data_dir": str(self.data_dir), "port": self.port, "jobs": jobs or {}, "faults": faults,
+                           **server}
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = log_path or self.data_dir / f"server-{self.port}.log"
+        if log_path is None and self.data_dir is not None:
+            log_path = self.data_dir / f"server-{self.port}.log"
+        self.log_path = log_path
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
+        """The HTTP base URL."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stream_url(self) -> str:
+        """The live endpoint, ``ws://.../diarize/stream``."""
+        return f"ws://127.0.0.1:{self.port}/diarize/stream"
 
     @property
     def pid(self) -> int:
@@ -102,17 +138,36 @@ class ServerProcess:
 
     def fail_writes(self, failing: bool) -> None:
         """Switch the injected disk-full condition on or off (needs ``faults=True``)."""
+        if self.data_dir is None:
+            raise RuntimeError("the disk-full switch needs a data_dir")
         flag = self.data_dir / FAIL_WRITES_FLAG
         if failing:
             flag.touch()
         else:
             flag.unlink(missing_ok=True)
 
+    def _log_tail(self) -> str:
+        if self._log is None:
+            return ""
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-4000:]
+
+    @property
+    def command(self) -> list[str]:
+        """What :meth:`start` runs (built then, so that a caller may still change ``port``)."""
+        if self.cli_args is None:
+            config = {**self.config, "port": self.port}
+            return [sys.executable, "-m", "diarflow.testing.server_process", json.dumps(config)]
+        data_flags = ["--data-dir", str(self.data_dir)] if self.data_dir is not None else []
+        return [sys.executable, "-m", "diarflow.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                *data_flags, *self.cli_args]
+
     def start(self, timeout_s: float = 90.0) -> ServerProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "diarflow.testing.server_process", json.dumps(self.config)],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "a+b") if self.log_path is not None else tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(self.command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -122,18 +177,22 @@ class ServerProcess:
             except OSError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start:\n{self.log_path.read_text()[-4000:]}")
+                tail = self._log_tail()
+                self.stop()
+                raise RuntimeError(f"server did not start:\n{tail}")
             time.sleep(0.2)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> ServerProcess:
         return self.start()

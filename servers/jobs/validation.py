@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from yarl import URL
 
+from diarflow.operators.merge_similarity import check_merge_similarity
 from diarflow.operators.speaker_count import speaker_count_errors
-from diarflow.operators.clustering import OnlineClustererConfig
 from diarflow.servers.jobs.media import MEDIA_KEY_RE
 from diarflow.voiceprints import DEFAULT_EXCLUSIVE, DEFAULT_THRESHOLD, decode_voiceprint
 
 __all__ = ["ValidationFailed", "parse_diarize", "parse_identify", "parse_media_key", "parse_voiceprint"]
 
 MODELS = frozenset({"precision-2", "community-1"})
-DEFAULT_MERGE_SIMILARITY = OnlineClustererConfig.merge_similarity
 MAX_URL_CHARS = 4096
 _SPEAKER_FIELDS = ("numSpeakers", "minSpeakers", "maxSpeakers")
 
@@ -55,11 +53,11 @@ class _Checker:
         value = self.body.get(field)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 < value <= 1.0:
-            self.fail(field, f"{field} must be a number in (-1, 1] (lower merges more speakers; default "
-                             f"{DEFAULT_MERGE_SIMILARITY}), got {json.dumps(value)[:40]}")
+        try:
+            return check_merge_similarity(value, field)
+        except ValueError as exc:
+            self.fail(field, str(exc))
             return None
-        return float(value)
 
     def http_url(self, field: str, required: bool) -> str | None:
         value = self.body.get(field)
