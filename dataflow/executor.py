@@ -73,7 +73,8 @@ class Executor:
 
     def _propagate(self, entry: list[Any], hook: Callable[[Operator[Any]], Sequence[Any]] | None) -> list[Any]:
         """Deliver ``entry`` to the source, then visit nodes upstream first: each consumes its inbox,
-        then (if given) ``hook`` lets it emit more; what it produced goes to its downstream inboxes."""
+        then (if given) ``hook`` lets it emit more; what it produced goes to the inboxes of the downstream
+        nodes that accept it."""
         if self._finished:
             raise RuntimeError("this run has ended (end of input was signalled); start a new one")
         inbox: dict[str, list[Any]] = {name: [] for name in self.graph.nodes}
@@ -89,7 +90,7 @@ class Executor:
                 ends = [m.end_sample for m in produced if isinstance(m, Timed)]
                 self._source_end = max([self._source_end, *ends])
             for downstream in self.graph.edges[name]:
-                inbox[downstream].extend(produced)
+                inbox[downstream].extend(m for m in produced if self.graph.accepts(downstream, m))
             if name in self.graph.sinks:
                 results.extend(produced)
         return results

@@ -41,7 +41,8 @@ class Graph:
     nodes
         Node name -> config, in topological order (sources first).
     edges
-        Node name -> names of its downstream nodes.
+        Node name -> names of its downstream nodes. An edge carries the messages of the types its
+        downstream node accepts (its ``input_types``); a node may emit types for several consumers.
     source
         The node that receives the driver's input messages.
     sinks
@@ -64,6 +65,10 @@ class Graph:
             sort_keys=True,
         )
         object.__setattr__(self, "digest", hashlib.sha256(blob.encode()).hexdigest())
+
+    def accepts(self, node: str, message: Any) -> bool:
+        """Whether an edge into ``node`` delivers ``message`` (an instance of one of its input types)."""
+        return isinstance(message, self.nodes[node].input_types)
 
     def replace(self, name: str, config: OperatorConfig[Any]) -> Graph:
         """A new graph with node ``name``'s config swapped (wiring kept, types re-validated)."""
@@ -142,11 +147,10 @@ class GraphBuilder:
             produced = self._nodes[upstream].output_types
             for d in downstream:
                 accepted = self._nodes[d].input_types
-                unfit = [t.__name__ for t in produced if not issubclass(t, accepted)]
-                if unfit:
+                if not any(issubclass(t, accepted) for t in produced):
                     raise GraphError(
                         f"{upstream!r} -> {d!r}: {d!r} accepts {[t.__name__ for t in accepted]}, "
-                        f"but {upstream!r} emits {unfit}"
+                        f"but {upstream!r} emits none of them ({[t.__name__ for t in produced]})"
                     )
         sinks = tuple(n for n in order if not self._edges[n])
         return Graph(

@@ -12,7 +12,7 @@ from .constants import EMBEDDING_DIM, SAMPLE_RATE
 from .confidence import turn_confidence, window_posteriors
 from .global_clustering import cluster_embeddings
 from .vectors import label_sums, normalise
-from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
+from .messages import SpeakerTurn, UtteranceEmbeddings
 from .merge_similarity import DEFAULT_MERGE_SIMILARITY, check_merge_similarity
 from .speaker_count import SpeakerCount
 
@@ -89,7 +89,7 @@ class OnlineClustererConfig:
     prototypes_per_speaker: int = 8
     reclustering_samples: int = 5 * SAMPLE_RATE
 
-    input_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings, VadProbabilities)
+    input_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings,)
     output_types: ClassVar[tuple[type, ...]] = (SpeakerTurns,)
 
     def __post_init__(self) -> None:
@@ -192,10 +192,8 @@ class OnlineClusterer:
         self._frozen_turns: list[SpeakerTurn] = list(state.frozen_turns)
         self._utterances, self._end_sample = state.utterances, state.end_sample
 
-    def on_item(self, item: UtteranceEmbeddings | VadProbabilities) -> Sequence[SpeakerTurns]:
+    def on_item(self, item: UtteranceEmbeddings) -> Sequence[SpeakerTurns]:
         cfg = self.config
-        if isinstance(item, VadProbabilities):  # only the offline clusterer uses them (frame confidence)
-            return []
         new_vectors = np.stack([w.vector for w in item.windows]).astype(np.float32)  # (m, 192)
         new_spans = np.array([[w.start_sample, w.end_sample] for w in item.windows], dtype=np.int64)
         utterance = np.full(len(new_vectors), self._utterances)

@@ -15,7 +15,6 @@ from .messages import (
     SpeechRegion,
     SpeechStart,
     UtteranceEmbeddings,
-    VadProbabilities,
 )
 from .models import SpeakerEmbedder
 
@@ -82,8 +81,8 @@ class EmbeddingExtractorConfig:
     shared_passes: bool = False
     pass_samples: int = 32_000
 
-    input_types: ClassVar[tuple[type, ...]] = (PcmFrame, SpeechStart, SpeechRegion, VadProbabilities)
-    output_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings, VadProbabilities)
+    input_types: ClassVar[tuple[type, ...]] = (PcmFrame, SpeechStart, SpeechRegion)
+    output_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings,)
 
     def __post_init__(self) -> None:
         if self.window_samples < _MIN_WINDOW_SAMPLES:
@@ -162,7 +161,7 @@ class EmbeddingExtractor:
             self._audio_len -= drop
 
     # ---- events -------------------------------------------------------------------------------
-    def on_item(self, item: Any) -> Sequence[UtteranceEmbeddings | VadProbabilities]:
+    def on_item(self, item: PcmFrame | SpeechStart | SpeechRegion) -> Sequence[UtteranceEmbeddings]:
         if isinstance(item, PcmFrame):
             if self._audio_len and item.start_sample != self._audio_end:
                 raise ValueError(f"audio gap: expected sample {self._audio_end}, got {item.start_sample}")
@@ -176,8 +175,6 @@ class EmbeddingExtractor:
             self._closed.append(item)
             if item.start_sample == self._open_start:
                 self._open_start = -1
-        elif isinstance(item, VadProbabilities):
-            return [item]  # passed on for confidence estimation downstream
         return []
 
     def _embed(self, spans: list[tuple[int, int]]) -> list[np.ndarray]:

@@ -1,14 +1,14 @@
-r"""The standard diarization graph.
+"""The standard diarization graph, a DAG; its edges::
 
-::
-
-    framer -> vad -> embedder -> clusterer -> overlaps -> snapshots
-         \-> overlap_detector ------------------/
+    framer           -> vad, embedder, overlap_detector     (audio frames)
+    vad              -> embedder                            (speech starts and regions)
+    vad              -> clusterer                           (offline only: probabilities, for frame confidence)
+    embedder         -> clusterer -> overlaps -> snapshots
+    overlap_detector -> overlaps
 
 The clusterer is :class:`~.clustering.OnlineClusterer` in ``"stream"`` mode and
-:class:`~.global_clusterer.GlobalClusterer` in ``"offline"`` mode.
-
-Without overlap detection (``PipelineConfig.overlap_detection = None``) the graph is the plain chain
+:class:`~.global_clusterer.GlobalClusterer` in ``"offline"`` mode. Without overlap detection
+(``PipelineConfig.overlap_detection = None``) there are no overlap nodes (``clusterer -> snapshots``)
 and every moment has at most one speaker.
 """
 
@@ -87,28 +87,32 @@ class PipelineConfig:
 
 def build_graph(config: PipelineConfig | None = None) -> Graph:
     """The diarization graph; node names are ``framer, vad, embedder, clusterer, overlap_detector,
-    overlaps, snapshots`` (the two overlap nodes only with ``overlap_detection``)."""
+    overlaps, snapshots`` (the two overlap nodes only with ``overlap_detection``).
+
+    Audio frames go from the framer to every operator that reads audio (VAD, embedder, overlap
+    detector); the VAD's speech regions go to the embedder and, offline, its probabilities to the
+    clusterer (frame confidence). Each edge carries the message types its downstream node accepts.
+    """
     config = config or PipelineConfig()
+    builder = (GraphBuilder()
+               .add("framer", config.framing)
+               .add("vad", config.vad)
+               .add("embedder", config.embedding)
+               .add("clusterer", config.clusterer)
+               .add("snapshots", config.snapshots)
+               .connect("framer", "vad")
+               .connect("framer", "embedder")
+               .connect("vad", "embedder")
+               .connect("embedder", "clusterer"))
+    if config.mode == "offline":
+        builder.connect("vad", "clusterer")
     if config.overlap_detection is None:
-        return GraphBuilder().chain(
-            ("framer", config.framing),
-            ("vad", config.vad),
-            ("embedder", config.embedding),
-            ("clusterer", config.clusterer),
-            ("snapshots", config.snapshots),
-        ).freeze()
-    return (
-        GraphBuilder()
-        .chain(
-            ("framer", config.framing),
-            ("vad", config.vad),
-            ("embedder", config.embedding),
-            ("clusterer", config.clusterer),
-            ("overlaps", config.overlaps),
-            ("snapshots", config.snapshots),
-        )
-        .add("overlap_detector", config.overlap_detection)
-        .connect("framer", "overlap_detector")
-        .connect("overlap_detector", "overlaps")
-        .freeze()
-    )
+        return builder.connect("clusterer", "snapshots").freeze()
+    return (builder
+            .add("overlap_detector", config.overlap_detection)
+            .add("overlaps", config.overlaps)
+            .connect("framer", "overlap_detector")
+            .connect("clusterer", "overlaps")
+            .connect("overlap_detector", "overlaps")
+            .connect("overlaps", "snapshots")
+            .freeze())

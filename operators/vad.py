@@ -49,7 +49,7 @@ class SileroVadConfig:
     max_utterance_samples: int = 240_000
 
     input_types: ClassVar[tuple[type, ...]] = (PcmFrame,)
-    output_types: ClassVar[tuple[type, ...]] = (PcmFrame, SpeechStart, SpeechRegion, VadProbabilities)
+    output_types: ClassVar[tuple[type, ...]] = (SpeechStart, SpeechRegion, VadProbabilities)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
@@ -98,8 +98,8 @@ class SileroVadState:
 class SileroVad:
     """Runs Silero on whole 512-sample windows and applies the hysteresis state machine.
 
-    Emits, for each input frame: the frame itself (downstream operators need the audio), the
-    window probabilities, then any :class:`SpeechStart` / :class:`SpeechRegion` it decided.
+    Emits, for each input frame: the window probabilities, then any :class:`SpeechStart` /
+    :class:`SpeechRegion` it decided (operators that need the audio read it from the framer).
     """
 
     def __init__(self, config: SileroVadConfig, model: VadModel, state: SileroVadState) -> None:
@@ -114,7 +114,7 @@ class SileroVad:
                              f"got {item.start_sample}")
         audio = np.concatenate([s.leftover, item.samples]) if len(s.leftover) else item.samples
         num_windows = len(audio) // VAD_WINDOW_SAMPLES
-        out: list[Any] = [item]
+        out: list[Any] = []
         if num_windows:
             windows = audio[: num_windows * VAD_WINDOW_SAMPLES].reshape(num_windows, VAD_WINDOW_SAMPLES)
             probabilities, vad_state = self._model.speech_probabilities(windows, VadState(s.lstm, s.context))

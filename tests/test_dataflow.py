@@ -190,3 +190,71 @@ def test_digest_changes_with_config_and_replace_keeps_wiring() -> None:
     with pytest.raises(GraphError, match="no node named"):
         graph.replace("missing", RunningSum())
 
+
+
+@dataclass(frozen=True)
+class Collect:
+    """Records every message it is given (a stand-in for a consumer of one of several message types)."""
+
+    accepted: tuple[type, ...]
+
+    @property
+    def input_types(self) -> tuple[type, ...]:
+        return self.accepted
+
+    output_types: ClassVar[tuple[type, ...]] = (str,)
+
+    def build(self, state: None, resources: Any) -> Any:
+        return _Collect()
+
+
+class _Collect:
+    def on_item(self, item: Any) -> Sequence[str]:
+        return [type(item).__name__]
+
+    def on_watermark(self, sample: int) -> Sequence[Any]:
+        return []
+
+    def on_eof(self) -> Sequence[Any]:
+        return []
+
+    def checkpoint(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Both:
+    """Emits the numbers and, at each watermark, their running total: two message types for two consumers."""
+
+    input_types: ClassVar[tuple[type, ...]] = (Numbers,)
+    output_types: ClassVar[tuple[type, ...]] = (Numbers, Total)
+
+    def build(self, state: Any, resources: Any) -> Any:
+        inner = _RunningSum(0, (), 0, None)
+
+        class _Both:
+            def on_item(self, item: Numbers) -> Sequence[Any]:
+                inner.on_item(item)
+                return [item]
+
+            def on_watermark(self, sample: int) -> Sequence[Any]:
+                return inner.on_watermark(sample)
+
+            def on_eof(self) -> Sequence[Any]:
+                return []
+
+            def checkpoint(self) -> Any:
+                return inner.checkpoint()
+
+        return _Both()
+
+
+def test_an_edge_carries_only_the_types_its_downstream_accepts() -> None:
+    graph = (GraphBuilder().add("source", Source()).add("both", Both())
+             .add("numbers", Collect((Numbers,))).add("totals", Collect((Total,)))
+             .connect("source", "both").connect("both", "numbers").connect("both", "totals").freeze())
+    out = Executor(graph, None).push((1, 2, 3))
+    assert sorted(out) == ["Numbers", "Total"]  # each consumer saw only its own type
+    assert graph.accepts("totals", Total(1, 0)) and not graph.accepts("totals", Numbers((1,), 1))
+    with pytest.raises(GraphError, match="emits none of them"):
+        GraphBuilder().add("source", Source()).add("totals", Collect((Total,))).connect("source", "totals").freeze()

@@ -78,7 +78,7 @@ def operator_inputs(resources: Resources, speech_clips: dict[str, DevItem], mode
     ops = {name: config.build(None, resources) for name, config in graph.nodes.items()}
     inputs: dict[str, list[Event]] = {name: [] for name in graph.nodes}
     final: list[Event] = []
-    for kind, payload in events:  # route like the executor: upstream first, outputs to every downstream
+    for kind, payload in events:  # route like the executor: upstream first, outputs to the nodes accepting them
         inbox: dict[str, list[Any]] = {name: [] for name in graph.nodes}
         if kind == "item":
             inbox[graph.source].append(payload)
@@ -91,7 +91,7 @@ def operator_inputs(resources: Resources, speech_clips: dict[str, DevItem], mode
                 inputs[name].append((kind, payload))
                 produced.extend(op.on_watermark(payload) if kind == "wm" else op.on_eof())
             for downstream in graph.edges[name]:
-                inbox[downstream].extend(produced)
+                inbox[downstream].extend(m for m in produced if graph.accepts(downstream, m))
             if name in graph.sinks:
                 final.extend(("item", m) for m in produced)
     inputs["_final"] = final
