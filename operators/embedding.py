@@ -1,4 +1,5 @@
-"""``EmbeddingExtractor``: CAM++ embeddings of sliding windows inside each utterance."""
+"""``EmbeddingExtractor``: live CAM++ embeddings of sliding windows inside each utterance, and the utterance audio
+buffer it shares with the offline :mod:`.pooled_embedding`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .messages import (
 )
 from .models import SpeakerEmbedder
 
-__all__ = ["EmbeddingExtractor", "EmbeddingExtractorConfig", "EmbeddingExtractorState", "window_spans"]
+__all__ = ["EmbeddingExtractor", "EmbeddingExtractorConfig", "EmbeddingExtractorState", "UtteranceAudio", "window_spans"]
 
 _MIN_WINDOW_SAMPLES = 720  # 3 fbank frames: the least CAM++ can pool
 _SUB_BATCH = 4  # windows per model call: small batches on every core beat one large batch
