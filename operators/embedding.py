@@ -1,4 +1,5 @@
-"""``EmbeddingExtractor``: CAM++ embeddings of sliding windows inside each utterance."""
+"""``EmbeddingExtractor``: live CAM++ embeddings of sliding windows inside each utterance, and the utterance audio
+buffer it shares with the offline :mod:`.pooled_embedding`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .messages import (
 )
 from .models import SpeakerEmbedder
 
-__all__ = ["EmbeddingExtractor", "EmbeddingExtractorConfig", "EmbeddingExtractorState", "window_spans"]
+__all__ = ["EmbeddingExtractor", "EmbeddingExtractorConfig", "EmbeddingExtractorState", "UtteranceAudio", "window_spans"]
 
 _MIN_WINDOW_SAMPLES = 720  # 3 fbank frames: the least CAM++ can pool
 _SUB_BATCH = 4  # windows per model call: small batches on every core beat one large batch
@@ -44,7 +45,9 @@ def window_spans(start: int, end: int, window: int, step: int, min_window: int) 
 
 @dataclass(frozen=True)
 class EmbeddingExtractorConfig:
-    """Sliding-window speaker embeddings, so speaker changes inside one utterance are found.
+    """Sliding-window speaker embeddings, so speaker changes inside one utterance are found; live, each
+    window is embedded by its own model pass as soon as its audio is in (the offline counterpart,
+    which pools windows from shared passes over whole utterances: :mod:`.pooled_embedding`).
 
     Parameters
     ----------
@@ -62,15 +65,6 @@ class EmbeddingExtractorConfig:
         cosine similarity is below this value), i.e. near a possible speaker change. ``None`` embeds
         every step. With the default 0.6 about a quarter of the odd windows are needed on
         conversational speech, so the model runs on roughly 1.2x the speech instead of 2x.
-    shared_passes
-        Offline mode (set by the offline driver): closed utterances only, each cut into near-equal
-        pieces of at most ``pass_samples``; CAM++ runs once per piece (features normalised per piece)
-        and every window on the grid is pooled from the frame features of the pieces it covers. The
-        model then runs on the speech once instead of ~1.6 times, and no window is skipped. Same
-        accuracy on the dev set as per-window passes; not used live, where a window's embedding must
-        not wait for the end of its utterance.
-    pass_samples
-        Longest piece of one shared pass (2 s; 4 s pieces lose accuracy on noisy speech).
     """
 
     window_samples: int = 24_000
@@ -78,8 +72,6 @@ class EmbeddingExtractorConfig:
     min_window_samples: int = 8_000
     history_samples: int = 32_000
     skip_similarity: float | None = 0.6
-    shared_passes: bool = False
-    pass_samples: int = 32_000
 
     input_types: ClassVar[tuple[type, ...]] = (PcmFrame, SpeechStart, SpeechRegion)
     output_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings,)
@@ -94,8 +86,6 @@ class EmbeddingExtractorConfig:
                              f"got {self.min_window_samples}")
         if self.skip_similarity is not None and not -1.0 <= self.skip_similarity <= 1.0:
             raise ValueError(f"skip_similarity must lie in [-1, 1] or be None, got {self.skip_similarity}")
-        if self.pass_samples < self.min_window_samples:
-            raise ValueError(f"pass_samples must be >= min_window_samples, got {self.pass_samples}")
         if self.history_samples < self.min_window_samples:
             raise ValueError("history_samples must be >= min_window_samples, "
                              f"got {self.history_samples} < {self.min_window_samples}")
@@ -114,28 +104,21 @@ class EmbeddingExtractorState:
     closed: tuple[SpeechRegion, ...]  # utterances closed but not yet emitted (flushed on watermark)
 
 
-class EmbeddingExtractor:
-    """Embeds full windows of the open utterance as audio arrives (so little is left when it closes)
-    and the rest when it closes; all windows pending at a watermark go to the model together. With
-    ``shared_passes`` (offline) it waits for utterances to close and pools their windows instead."""
+class UtteranceAudio:
+    """The audio an embedder needs and the utterances it has to embed: frames kept while an utterance
+    may still need them (``history_samples`` before it), speech starts and closed regions. The two
+    embedders share it and differ in how they turn windows into embeddings."""
 
-    def __init__(self, config: EmbeddingExtractorConfig, embedder: SpeakerEmbedder,
-                 state: EmbeddingExtractorState | None) -> None:
-        self.config = config
-        self._embedder = embedder
-        self._fbank = Fbank()
-        if state is None:
-            state = EmbeddingExtractorState(np.zeros(0, np.float32), 0, -1, np.zeros((0, 2), np.int64),
-                                            np.zeros((0, EMBEDDING_DIM), np.float32), ())
-        self._audio = [state.audio] if len(state.audio) else []
-        self._audio_start = state.audio_start
-        self._audio_len = len(state.audio)
-        self._open_start = state.open_start
-        self._cache: dict[tuple[int, int], np.ndarray] = {
-            (int(a), int(b)): v for (a, b), v in zip(state.cached_spans, state.cached_vectors)}
-        self._closed: list[SpeechRegion] = list(state.closed)
+    def __init__(self, window_samples: int, step_samples: int, min_window_samples: int, history_samples: int,
+                 audio: np.ndarray, audio_start: int, open_start: int, closed: Sequence[SpeechRegion]) -> None:
+        self._window, self._step, self._min_window = window_samples, step_samples, min_window_samples
+        self._history = history_samples
+        self._audio = [audio] if len(audio) else []
+        self._audio_start = audio_start
+        self._audio_len = len(audio)
+        self._open_start = open_start
+        self._closed: list[SpeechRegion] = list(closed)
 
-    # ---- audio buffer -------------------------------------------------------------------------
     @property
     def _audio_end(self) -> int:
         return self._audio_start + self._audio_len
@@ -150,9 +133,9 @@ class EmbeddingExtractor:
 
     def _trim(self) -> None:
         """Keep ``history_samples`` of audio, and everything an open utterance may still need."""
-        keep_from = self._audio_end - self.config.history_samples
+        keep_from = self._audio_end - self._history
         if self._open_start >= 0:
-            keep_from = min(keep_from, self._open_start - self.config.min_window_samples)
+            keep_from = min(keep_from, self._open_start - self._min_window)
         drop = min(keep_from - self._audio_start, self._audio_len)
         if drop > 0:
             merged = self._samples(self._audio_start, self._audio_end)
@@ -160,7 +143,6 @@ class EmbeddingExtractor:
             self._audio_start += drop
             self._audio_len -= drop
 
-    # ---- events -------------------------------------------------------------------------------
     def on_item(self, item: PcmFrame | SpeechStart | SpeechRegion) -> Sequence[UtteranceEmbeddings]:
         if isinstance(item, PcmFrame):
             if self._audio_len and item.start_sample != self._audio_end:
@@ -176,6 +158,29 @@ class EmbeddingExtractor:
             if item.start_sample == self._open_start:
                 self._open_start = -1
         return []
+
+    def _region_spans(self, region: SpeechRegion) -> list[tuple[int, int]]:
+        """The grid windows of a closed utterance, clipped to the audio held."""
+        return [(max(a, self._audio_start), min(b, self._audio_end)) for a, b in window_spans(
+            region.start_sample, region.end_sample, self._window, self._step, self._min_window)]
+
+
+class EmbeddingExtractor(UtteranceAudio):
+    """Embeds full windows of the open utterance as audio arrives (so little is left when it closes)
+    and the rest when it closes; all windows pending at a watermark go to the model together."""
+
+    def __init__(self, config: EmbeddingExtractorConfig, embedder: SpeakerEmbedder,
+                 state: EmbeddingExtractorState | None) -> None:
+        if state is None:
+            state = EmbeddingExtractorState(np.zeros(0, np.float32), 0, -1, np.zeros((0, 2), np.int64),
+                                            np.zeros((0, EMBEDDING_DIM), np.float32), ())
+        super().__init__(config.window_samples, config.step_samples, config.min_window_samples,
+                         config.history_samples, state.audio, state.audio_start, state.open_start, state.closed)
+        self.config = config
+        self._embedder = embedder
+        self._fbank = Fbank()
+        self._cache: dict[tuple[int, int], np.ndarray] = {
+            (int(a), int(b)): v for (a, b), v in zip(state.cached_spans, state.cached_vectors)}
 
     def _embed(self, spans: list[tuple[int, int]]) -> list[np.ndarray]:
         """L2-normalised embeddings of windows. Equal lengths are batched together (padding would
@@ -215,61 +220,8 @@ class EmbeddingExtractor:
         jobs = [span for span in dict.fromkeys(spans) if span not in self._cache]
         self._cache.update(zip(jobs, self._embed(jobs)))
 
-    def _region_spans(self, region: SpeechRegion) -> list[tuple[int, int]]:
-        """The grid windows of a closed utterance, clipped to the audio held."""
-        cfg = self.config
-        return [(max(a, self._audio_start), min(b, self._audio_end)) for a, b in window_spans(
-            region.start_sample, region.end_sample, cfg.window_samples, cfg.step_samples, cfg.min_window_samples)]
-
-    def _shared_pass(self, regions: Sequence[SpeechRegion]) -> list[UtteranceEmbeddings]:
-        """Every grid window of each utterance, pooled from one model pass per piece of at most
-        ``pass_samples`` (see :class:`EmbeddingExtractorConfig`); utterances run in parallel on the
-        model's threads, longest first so that the threads finish together."""
-        plans, jobs = [], []
-        for region in regions:
-            spans = self._region_spans(region)
-            origin = min(a for a, _ in spans)
-            plans.append(spans)
-            jobs.append((self._samples(origin, max(b for _, b in spans)), [(a - origin, b - origin) for a, b in spans]))
-        order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][0]))
-        vectors: list[np.ndarray] = [np.zeros(0)] * len(jobs)
-        for i, result in zip(order, self._embedder.map(self._pooled_windows, [jobs[i] for i in order])):
-            vectors[i] = result
-        return [UtteranceEmbeddings(region, tuple(SpeakerEmbedding(a, b, v) for (a, b), v in zip(spans, vs)))
-                for region, spans, vs in zip(regions, plans, vectors)]
-
-    def _pooled_windows(self, job: tuple[np.ndarray, list[tuple[int, int]]]) -> np.ndarray:
-        """L2-normalised ``(windows, 192)`` embeddings of windows ``[a, b)`` (relative to the samples),
-        pooled from model passes over near-equal pieces of at most ``pass_samples``; each piece is
-        mean-normalised on its own and has an even number of frames, so that the pooled frames (one
-        per two input frames) of consecutive pieces line up."""
-        samples, spans = job
-        fbank = self._fbank.config
-        feats = self._fbank.compute(samples)  # (frames, 80)
-        if len(feats) < 3:  # the least CAM++ can pool: such a scrap of audio gets zero vectors
-            return np.zeros((len(spans), EMBEDDING_DIM), np.float32)
-        count = -(-len(feats) // fbank.num_frames(self.config.pass_samples))
-        bounds = (np.linspace(0, len(feats), count + 1) // 2 * 2).astype(int)
-        bounds[-1] = len(feats)
-        frames = np.concatenate([self._embedder.frame_features(feats[lo:hi] - feats[lo:hi].mean(axis=0))
-                                 for lo, hi in zip(bounds[:-1], bounds[1:])])  # (ceil(frames / 2), 512)
-        ranges = np.empty((len(spans), 2), np.int64)
-        for k, (a, b) in enumerate(spans):
-            f0 = a // fbank.frame_shift_samples
-            f1 = min(f0 + max(fbank.num_frames(b - a), 1), 2 * len(frames))
-            t0, t1 = (f0 + 1) // 2, (f1 + 1) // 2  # pooled rows centred on input frames [f0, f1)
-            t0 = max(0, min(t0, t1 - 2, len(frames) - 2))
-            ranges[k] = t0, max(t1, t0 + 2)
-        vectors = self._embedder.pool(frames, ranges)
-        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
     def _flush(self) -> list[UtteranceEmbeddings]:
         cfg = self.config
-        if cfg.shared_passes:
-            out = self._shared_pass(self._closed)
-            self._closed = []
-            self._trim()
-            return out
         plans: list[tuple[SpeechRegion | None, list[tuple[int, int]]]] = []
         for region in self._closed:
             plans.append((region, self._region_spans(region)))

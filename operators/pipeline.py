@@ -6,8 +6,9 @@
     embedder         -> clusterer -> overlaps -> snapshots
     overlap_detector -> overlaps
 
-The clusterer is :class:`~.clustering.OnlineClusterer` in ``"stream"`` mode and
-:class:`~.global_clusterer.GlobalClusterer` in ``"offline"`` mode. Without overlap detection
+In ``"stream"`` mode the embedder is :class:`~.embedding.EmbeddingExtractor` and the clusterer
+:class:`~.clustering.OnlineClusterer`; in ``"offline"`` mode they are
+:class:`~.pooled_embedding.PooledEmbeddingExtractor` and :class:`~.global_clusterer.GlobalClusterer`. Without overlap detection
 (``PipelineConfig.overlap_detection = None``) there are no overlap nodes (``clusterer -> snapshots``)
 and every moment has at most one speaker.
 """
@@ -22,6 +23,7 @@ from diarflow.dataflow import Graph, GraphBuilder
 from .clustering import OnlineClustererConfig
 from .embedding import EmbeddingExtractorConfig
 from .global_clusterer import GlobalClustererConfig
+from .pooled_embedding import PooledEmbeddingExtractorConfig
 from .framing import PcmFramerConfig
 from .overlap import OverlapAssignerConfig
 from .segmentation import OverlapDetectorConfig
@@ -71,13 +73,20 @@ class PipelineConfig:
                                                 min_speakers=count.min, max_speakers=count.max))
 
     def for_mode(self, mode: Literal["offline", "stream"]) -> PipelineConfig:
-        """This config with the switches of a driver mode set: ``"offline"`` turns on shared embedding
-        passes over whole utterances and clusters all windows at end of input (:class:`GlobalClustererConfig`
-        with ``clustering``'s knobs); ``"stream"`` clusters online over the rolling buffer (results after
-        every utterance)."""
+        """This config for a driver mode: ``"offline"`` pools window embeddings from shared passes over whole
+        utterances (:class:`PooledEmbeddingExtractorConfig` on ``embedding``'s grid) and clusters all windows
+        at end of input (:class:`GlobalClustererConfig` with ``clustering``'s knobs); ``"stream"`` embeds
+        each window as it completes and clusters online over the rolling buffer (results after every
+        utterance)."""
         if mode not in ("offline", "stream"):
             raise ValueError(f"mode must be 'offline' or 'stream', got {mode!r}")
-        return replace(self, mode=mode, embedding=replace(self.embedding, shared_passes=mode == "offline"))
+        return replace(self, mode=mode)
+
+    @property
+    def embedder(self) -> EmbeddingExtractorConfig | PooledEmbeddingExtractorConfig:
+        """The embedder node of this mode: a model pass per window live, windows pooled from shared passes
+        over whole utterances offline (on ``embedding``'s window grid)."""
+        return self.embedding if self.mode == "stream" else PooledEmbeddingExtractorConfig.like(self.embedding)
 
     @property
     def clusterer(self) -> OnlineClustererConfig | GlobalClustererConfig:
@@ -97,7 +106,7 @@ def build_graph(config: PipelineConfig | None = None) -> Graph:
     builder = (GraphBuilder()
                .add("framer", config.framing)
                .add("vad", config.vad)
-               .add("embedder", config.embedding)
+               .add("embedder", config.embedder)
                .add("clusterer", config.clusterer)
                .add("snapshots", config.snapshots)
                .connect("framer", "vad")
