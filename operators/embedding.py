@@ -164,6 +164,16 @@ class UtteranceAudio:
         return [(max(a, self._audio_start), min(b, self._audio_end)) for a, b in window_spans(
             region.start_sample, region.end_sample, self._window, self._step, self._min_window)]
 
+    def _flush(self) -> list[UtteranceEmbeddings]:
+        """Embed what is due (each embedder's own algorithm)."""
+        raise NotImplementedError
+
+    def on_watermark(self, sample: int) -> Sequence[UtteranceEmbeddings]:
+        return self._flush()
+
+    def on_eof(self) -> Sequence[UtteranceEmbeddings]:
+        return self._flush()
+
 
 class EmbeddingExtractor(UtteranceAudio):
     """Embeds full windows of the open utterance as audio arrives (so little is left when it closes)
@@ -241,12 +251,6 @@ class EmbeddingExtractor(UtteranceAudio):
                        if self._open_start >= 0 and span[0] >= self._open_start}
         self._trim()
         return out
-
-    def on_watermark(self, sample: int) -> Sequence[UtteranceEmbeddings]:
-        return self._flush()
-
-    def on_eof(self) -> Sequence[UtteranceEmbeddings]:
-        return self._flush()
 
     def checkpoint(self) -> EmbeddingExtractorState:
         spans = sorted(self._cache)

@@ -129,12 +129,6 @@ class PooledEmbeddingExtractor(UtteranceAudio):
         self._trim()
         return out
 
-    def on_watermark(self, sample: int) -> Sequence[UtteranceEmbeddings]:
-        return self._flush()
-
-    def on_eof(self) -> Sequence[UtteranceEmbeddings]:
-        return self._flush()
-
     def checkpoint(self) -> PooledEmbeddingExtractorState:
         return PooledEmbeddingExtractorState(self._samples(self._audio_start, self._audio_end).copy(),
                                              self._audio_start, self._open_start, tuple(self._closed))
