@@ -55,6 +55,7 @@ dist: $(VENV)/.installed-test
 bench: setup-test
 	$(BIN)/python -m tools.bench_embeddings
 	$(BIN)/python -m tools.bench_diarization
+	$(BIN)/python -m tools.bench_excerpts
 	$(BIN)/python -m tools.bench_stream_compute
 
 clean:
