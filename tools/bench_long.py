@@ -4,7 +4,9 @@
 
 Each input is the dev corpus concatenated (cycled) into one FLAC written chunk by chunk. Every run is
 a fresh process (so peak RSS is that run's own): model loading is timed separately from diarization.
-Prints numbers; asserts nothing.
+The child also samples its RSS every second while it diarizes (P10 / P90 after the first tenth of the
+run): a longer run's peak catches more transient allocations, the percentiles show whether the memory
+itself grows. Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -23,16 +25,27 @@ from diarflow.testing.evaluation import load_dev_items
 from tools import exit_without_dev_corpus
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, resource, sys, threading, time
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+samples = []
+def sample_every_second():
+    while True:
+        samples.append(rss_mb())
+        time.sleep(1.0)
 t0 = time.perf_counter()
 from diarflow.api import default_resources, diarize
 resources = default_resources()
 t1 = time.perf_counter()
+threading.Thread(target=sample_every_second, daemon=True).start()
 result = diarize(sys.argv[1], resources=resources)
 t2 = time.perf_counter()
+during = sorted(samples[len(samples) // 10:]) or [rss_mb()]  # after the first tenth: the process has warmed up
 print(json.dumps({"load_s": t1 - t0, "diarize_s": t2 - t1, "duration_s": result.duration_s,
                   "speakers": len(result.speakers), "segments": len(result.segments),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "rss_p10_mb": during[len(during) // 10], "rss_p90_mb": during[len(during) * 9 // 10]}))
 """
 
 
@@ -70,7 +83,8 @@ def main() -> None:
             continue
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{hours:g} h input: diarized in {r['diarize_s']:.1f} s (RTF {r['diarize_s'] / r['duration_s']:.4f}), "
-              f"model loading {r['load_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+              f"model loading {r['load_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"(sampled each second while diarizing: P10 {r['rss_p10_mb']:.0f}, P90 {r['rss_p90_mb']:.0f} MB), "
               f"{r['speakers']} speakers, {r['segments']} segments", flush=True)
 
 
