@@ -120,6 +120,13 @@ class ResumableSessions:
             return None
         return checkpoint
 
+    def discard(self, token: str) -> None:
+        """Remove the persisted checkpoint of ``token``: it was read, but no session can continue from it
+        (call off the event loop)."""
+        file = self._files.pop(_key(token), None)
+        if file is not None:
+            file.remove()
+
     def adopt(self, token: str, session: LiveSession, owner: Any) -> LiveRecord:
         """Register a session restored from disk (its metadata names its id and team)."""
         return self.add(token, str(session.meta["session_id"]), session.meta.get("team"), session, owner)

@@ -7,6 +7,7 @@ a resumed session must end with the same final result (segments within 10 ms, sa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import signal
 from pathlib import Path
@@ -15,9 +16,10 @@ from typing import Any, Iterator
 import aiohttp
 import pytest
 
-from diarflow.live import LiveOptions, LiveSession
+from diarflow.live import CheckpointFile, LiveOptions, LiveSession, live_graph
 from diarflow.provisioning import ModelPaths
 from diarflow.operators.models import Resources
+from diarflow.servers.live_sessions import CHECKPOINT_SUFFIX
 from diarflow.servers.state import ServerSettings
 from diarflow.servers.stream import snapshot_message
 from diarflow.servers.stream_client import START, file_frames, stream_frames
@@ -178,3 +180,29 @@ async def test_another_teams_token_is_4404(server: ServerThread) -> None:
                 assert await _refused(other) == ("session not found or expired", 4404)
             await ws.send_json({"type": "close"})
             assert json.loads((await ws.receive()).data)["type"] == "final_result"
+
+
+async def test_a_checkpoint_from_another_engine_graph_is_4404_and_removed(
+        tmp_path: Path, model_paths: ModelPaths, frames: list[bytes], resources: Resources) -> None:
+    """After an upgrade that changed the graph, a session persisted by the old server cannot continue:
+    its client gets "not found" (and starts over), the file goes, and the server keeps serving."""
+    token = "a-token-the-old-server-gave-out"
+    old_graph = live_graph(merge_similarity=0.7)  # stands for the graph of another engine version
+    session = LiveSession(LiveOptions(), resources, graph=old_graph)
+    for frame in frames[:50]:
+        session.push(frame)
+    (tmp_path / "live").mkdir()
+    path = tmp_path / "live" / f"{hashlib.sha256(token.encode()).hexdigest()}{CHECKPOINT_SUFFIX}"
+    CheckpointFile(path).save(session, {"session_id": "0" * 32, "team": None})
+    settings = ServerSettings(port=0, model_dir=model_paths.campplus.parent, data_dir=tmp_path)
+    server = ServerThread(settings).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(server.url) as ws:
+                await ws.send_json({**START, "resume_token": token})
+                assert await _refused(ws) == ("session not found or expired", 4404)
+            assert not path.exists()
+            async with http.ws_connect(server.url) as ws:  # a new session works as usual
+                assert (await _ready(ws))["resumed"] is False
+    finally:
+        server.stop()
