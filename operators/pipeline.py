@@ -1,7 +1,7 @@
 """The standard diarization graph, a DAG; its edges::
 
     framer           -> vad, embedder, overlap_detector     (audio frames)
-    vad              -> embedder                            (speech starts and regions)
+    vad              -> embedder, overlap_detector          (speech starts and regions)
     vad              -> clusterer                           (offline only: probabilities, for frame confidence)
     embedder         -> clusterer -> overlaps -> snapshots
     overlap_detector -> overlaps
@@ -99,8 +99,9 @@ def build_graph(config: PipelineConfig | None = None) -> Graph:
     overlaps, snapshots`` (the two overlap nodes only with ``overlap_detection``).
 
     Audio frames go from the framer to every operator that reads audio (VAD, embedder, overlap
-    detector); the VAD's speech regions go to the embedder and, offline, its probabilities to the
-    clusterer (frame confidence). Each edge carries the message types its downstream node accepts.
+    detector); the VAD's speech regions go to the embedder and to the overlap detector (which keeps its
+    model calls off the step that closes an utterance) and, offline, its probabilities to the clusterer
+    (frame confidence). Each edge carries the message types its downstream node accepts.
     """
     config = config or PipelineConfig()
     builder = (GraphBuilder()
@@ -121,6 +122,7 @@ def build_graph(config: PipelineConfig | None = None) -> Graph:
             .add("overlap_detector", config.overlap_detection)
             .add("overlaps", config.overlaps)
             .connect("framer", "overlap_detector")
+            .connect("vad", "overlap_detector")
             .connect("clusterer", "overlaps")
             .connect("overlap_detector", "overlaps")
             .connect("overlaps", "snapshots")

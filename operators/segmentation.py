@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Protocol, Sequence
 
 import numpy as np
 
-from .messages import OverlapRegions, PcmFrame
+from .messages import OverlapRegions, PcmFrame, SpeechRegion
 from .models import (
     SEGMENTATION_FRAME_STEP_SAMPLES as _STEP,
     SEGMENTATION_FRAMES as _FRAMES,
@@ -50,6 +50,12 @@ def _frame_start(frame: int | np.ndarray) -> np.ndarray:
 class OverlapDetectorConfig:
     """Slide segmentation-3.0 over the audio and report overlapped speech.
 
+    Chunks run at a watermark, off the utterance path: when an utterance closed since the last
+    watermark (a :class:`SpeechRegion` came in from the VAD), its result is being awaited downstream, so
+    ready chunks wait for the next watermark (never longer). Live, a ~100 ms model call then never
+    lands on the frame whose snapshot a client is waiting for; the regions are only needed seconds
+    later (the overlap assigner settles a region once the clustering has moved past it).
+
     Parameters
     ----------
     step_samples
@@ -68,7 +74,7 @@ class OverlapDetectorConfig:
     min_count: float = 1.5
     min_region_samples: int = 800
 
-    input_types: ClassVar[tuple[type, ...]] = (PcmFrame,)
+    input_types: ClassVar[tuple[type, ...]] = (PcmFrame, SpeechRegion)
     output_types: ClassVar[tuple[type, ...]] = (OverlapRegions,)
 
     def __post_init__(self) -> None:
@@ -94,11 +100,14 @@ class OverlapDetectorState:
     open_start: int = -1  # start sample of an overlap region still running at the decided edge
     open_sum: float = 0.0  # its summed (count - 1) and frames, for the region's score
     open_frames: int = 0
+    utterance_closed: bool = False  # a SpeechRegion came in since the last watermark
+    deferred: bool = False  # the last watermark left ready chunks for this one
 
 
 class OverlapDetector:
-    """Runs every chunk as soon as its audio is in (all ready chunks in one model call), then reports
-    the frames no later chunk can cover. Memory: one chunk of audio and counts; O(1) in session length.
+    """Runs the chunks whose audio is in at each watermark (all of them in one model call; one watermark
+    later if an utterance just closed), then reports the frames no later chunk can cover. Memory: one
+    chunk of audio and counts; O(1) in session length.
     """
 
     def __init__(self, config: OverlapDetectorConfig, model: SegmentationRuntime, state: OverlapDetectorState) -> None:
@@ -106,12 +115,28 @@ class OverlapDetector:
         self._audio, self._chunk_start = state.audio, state.chunk_start
         self._sums, self._hits, self._first_frame = state.sums, state.hits, state.first_frame
         self._open_start, self._open_sum, self._open_frames = state.open_start, state.open_sum, state.open_frames
+        self._utterance_closed, self._deferred = state.utterance_closed, state.deferred
 
-    def on_item(self, item: PcmFrame) -> Sequence[OverlapRegions]:
+    def on_item(self, item: PcmFrame | SpeechRegion) -> Sequence[OverlapRegions]:
+        if isinstance(item, SpeechRegion):
+            self._utterance_closed = True
+            return []
         end = self._chunk_start + len(self._audio)
         if item.start_sample != end:
             raise ValueError(f"audio must be contiguous: expected sample {end}, got {item.start_sample}")
         self._audio = np.concatenate([self._audio, np.asarray(item.samples, np.float32)])
+        return []
+
+    def on_watermark(self, sample: int) -> Sequence[OverlapRegions]:
+        if self._utterance_closed and not self._deferred:  # an utterance's result is awaited: next time
+            self._utterance_closed, self._deferred = False, True
+            return []
+        self._utterance_closed = self._deferred = False
+        return self._run_ready()
+
+    def _run_ready(self) -> list[OverlapRegions]:
+        """Run every chunk whose audio is in (one model call); report the frames each settles, one message
+        per chunk, so the messages do not depend on how chunks were grouped into calls."""
         ready = (len(self._audio) - _WINDOW) // self.config.step_samples + 1 if len(self._audio) >= _WINDOW else 0
         if ready <= 0:
             return []
@@ -119,9 +144,11 @@ class OverlapDetector:
         offsets = np.arange(ready) * step
         chunks = np.stack([self._audio[o:o + _WINDOW] for o in offsets])  # (ready, 160000)
         self._add(self._model.log_probs(chunks), self._chunk_start + offsets)
+        # no later chunk reaches the frames before the next chunk's start: those are decided
+        decided = [m for o in offsets for m in self._decide((self._chunk_start + int(o) + step) // _STEP)]
         self._chunk_start += ready * step
         self._audio = self._audio[ready * step:]
-        return self._decide(self._chunk_start // _STEP)
+        return decided
 
     def _add(self, log_probs: np.ndarray, starts: np.ndarray) -> None:
         """Accumulate the counts of chunks starting at ``starts (c,)`` on the global frame grid."""
@@ -169,10 +196,8 @@ class OverlapDetector:
             scores.append(min(1.0, self._open_sum / max(self._open_frames, 1)))
         self._open_start, self._open_sum, self._open_frames = -1, 0.0, 0
 
-    def on_watermark(self, sample: int) -> Sequence[OverlapRegions]:
-        return []
-
     def on_eof(self) -> Sequence[OverlapRegions]:
+        out = self._run_ready()
         end = self._chunk_start + len(self._audio)
         if len(self._audio):  # the rest of the audio, zero-padded to one chunk
             chunk = np.zeros((1, _WINDOW), np.float32)
@@ -185,8 +210,9 @@ class OverlapDetector:
         if self._open_start >= 0:
             self._close(end, spans, scores)
         self._sums, self._hits = self._sums[:0], self._hits[:0]
-        return [self._message(spans, scores, end)]
+        return [*out, self._message(spans, scores, end)]
 
     def checkpoint(self) -> OverlapDetectorState:
         return OverlapDetectorState(self._audio.copy(), self._chunk_start, self._sums.copy(), self._hits.copy(),
-                                    self._first_frame, self._open_start, self._open_sum, self._open_frames)
+                                    self._first_frame, self._open_start, self._open_sum, self._open_frames,
+                                    self._utterance_closed, self._deferred)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from diarflow.operators.clustering import SpeakerTurns
-from diarflow.operators.messages import OverlapRegions, PcmFrame, SpeakerTurn
+from diarflow.operators.messages import OverlapRegions, PcmFrame, SpeakerTurn, SpeechRegion
 from diarflow.operators.models import SEGMENTATION_FRAME_STEP_SAMPLES as STEP, SEGMENTATION_FRAMES as FRAMES
 from diarflow.operators.overlap import OverlapAssignerConfig, second_speakers
 from diarflow.operators.segmentation import OverlapDetectorConfig
@@ -45,19 +45,23 @@ def _signal(seconds: float, overlaps_s: list[tuple[float, float]]) -> np.ndarray
 
 
 def _detect(audio: np.ndarray, cuts: list[int], config: OverlapDetectorConfig | None = None,
-            restore_at: int | None = None) -> np.ndarray:
+            restore_at: int | None = None, closing: frozenset[int] = frozenset()) -> np.ndarray:
+    """Feed ``audio`` in frames cut at ``cuts``, a watermark after each frame as the drivers do; an
+    utterance closes (a speech region arrives) with the frames whose index is in ``closing``."""
     config = config or OverlapDetectorConfig()
     resources = _Resources()
     detector = config.build(None, resources)
-    spans: list[np.ndarray] = []
+    messages: list[OverlapRegions] = []
     edges = [0, *sorted(set(c for c in cuts if 0 < c < len(audio))), len(audio)]
     for k, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
         if restore_at is not None and k == restore_at:  # resume from a checkpoint in a fresh operator
             detector = config.build(detector.checkpoint(), resources)
-        for message in detector.on_item(PcmFrame(a, audio[a:b])):
-            spans.append(message.spans)
-    for message in detector.on_eof():
-        spans.append(message.spans)
+        messages += detector.on_item(PcmFrame(a, audio[a:b]))
+        if k in closing:
+            messages += detector.on_item(SpeechRegion(max(0, b - RATE), b))
+        messages += detector.on_watermark(b)
+    messages += detector.on_eof()
+    spans = [m.spans for m in messages]
     return np.vstack(spans) if spans else np.zeros((0, 2), np.int64)
 
 
@@ -70,11 +74,37 @@ def test_regions_follow_the_overlapped_audio_within_one_frame() -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(cuts=st.lists(st.integers(1, 35 * RATE - 1), max_size=12), restore=st.integers(0, 12))
-def test_chunking_and_checkpoints_do_not_change_the_regions(cuts: list[int], restore: int) -> None:
+@given(cuts=st.lists(st.integers(1, 35 * RATE - 1), max_size=12), restore=st.integers(0, 12),
+       closing=st.frozensets(st.integers(0, 12)))
+def test_chunking_checkpoints_and_deferred_chunks_do_not_change_the_regions(
+        cuts: list[int], restore: int, closing: frozenset[int]) -> None:
     audio = _signal(35.0, [(3.0, 4.5), (9.8, 10.6), (24.0, 31.0), (34.5, 35.0)])
     whole = _detect(audio, cuts=[])
-    assert np.array_equal(_detect(audio, cuts=cuts, restore_at=restore), whole)
+    assert np.array_equal(_detect(audio, cuts=cuts, restore_at=restore, closing=closing), whole)
+
+
+def test_the_model_waits_one_step_when_an_utterance_closes() -> None:
+    """A step that closes an utterance is the one a live client waits on: a chunk that became ready in it
+    runs at the next watermark instead, and never later than that, even if that step closes one too."""
+    audio = _signal(31.0, [(3.0, 4.5)])
+    resources = _Resources()
+    detector = OverlapDetectorConfig().build(None, resources)
+    ten_s = 10 * RATE
+    assert not detector.on_item(PcmFrame(0, audio[:ten_s]))  # the first chunk's audio is in
+    assert not detector.on_item(SpeechRegion(2 * RATE, 5 * RATE))
+    assert not detector.on_watermark(ten_s) and resources.segmentation.calls == 0
+    detector.on_item(PcmFrame(ten_s, audio[ten_s:ten_s + 3200]))
+    ran = detector.on_watermark(ten_s + 3200)  # nothing closed in this step: the chunk runs
+    assert resources.segmentation.calls == 1 and np.vstack([m.spans for m in ran]).shape == (1, 2)
+    start = ten_s + 3200
+    end = start + 2 * ten_s  # two more chunks' audio, and an utterance closes in this step and the next
+    detector.on_item(PcmFrame(start, audio[start:end]))
+    detector.on_item(SpeechRegion(end - RATE, end))
+    assert not detector.on_watermark(end) and resources.segmentation.calls == 1
+    detector.on_item(PcmFrame(end, audio[end:end + 3200]))
+    detector.on_item(SpeechRegion(end, end + 3200))
+    assert len(detector.on_watermark(end + 3200)) == 2  # one message per chunk, from one model call
+    assert resources.segmentation.calls == 2
 
 
 def test_short_regions_are_dropped_and_short_inputs_still_run() -> None:
