@@ -13,6 +13,7 @@ from .fbank import Fbank
 from .messages import (
     PcmFrame,
     SpeakerEmbedding,
+    SpeechPause,
     SpeechRegion,
     SpeechStart,
     UtteranceEmbeddings,
@@ -73,7 +74,7 @@ class EmbeddingExtractorConfig:
     history_samples: int = 32_000
     skip_similarity: float | None = 0.6
 
-    input_types: ClassVar[tuple[type, ...]] = (PcmFrame, SpeechStart, SpeechRegion)
+    input_types: ClassVar[tuple[type, ...]] = (PcmFrame, SpeechStart, SpeechPause, SpeechRegion)
     output_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings,)
 
     def __post_init__(self) -> None:
@@ -102,6 +103,7 @@ class EmbeddingExtractorState:
     cached_spans: np.ndarray  # windows of the open utterance already embedded, (k, 2) [start, end)
     cached_vectors: np.ndarray  # their embeddings, (k, 192)
     closed: tuple[SpeechRegion, ...]  # utterances closed but not yet emitted (flushed on watermark)
+    pause: SpeechPause | None = None  # the open utterance's announced end, its last windows not embedded yet
 
 
 class UtteranceAudio:
@@ -177,7 +179,12 @@ class UtteranceAudio:
 
 class EmbeddingExtractor(UtteranceAudio):
     """Embeds full windows of the open utterance as audio arrives (so little is left when it closes)
-    and the rest when it closes; all windows pending at a watermark go to the model together."""
+    and the rest when it closes; all windows pending at a watermark go to the model together.
+
+    When the VAD announces a pause (:class:`SpeechPause`), the windows that end the utterance there are
+    embedded at the next watermark whose audio covers them, during the VAD's hangover: if the
+    utterance does close there, nothing is left to embed when it closes (the snapshot a live client
+    waits for no longer waits for CAM++); if speech resumes, those windows are never emitted."""
 
     def __init__(self, config: EmbeddingExtractorConfig, embedder: SpeakerEmbedder,
                  state: EmbeddingExtractorState | None) -> None:
@@ -191,6 +198,13 @@ class EmbeddingExtractor(UtteranceAudio):
         self._fbank = Fbank()
         self._cache: dict[tuple[int, int], np.ndarray] = {
             (int(a), int(b)): v for (a, b), v in zip(state.cached_spans, state.cached_vectors)}
+        self._pause = state.pause
+
+    def on_item(self, item: PcmFrame | SpeechStart | SpeechPause | SpeechRegion) -> Sequence[UtteranceEmbeddings]:
+        if isinstance(item, SpeechPause):
+            self._pause = item
+            return []
+        return super().on_item(item)
 
     def _embed(self, spans: list[tuple[int, int]]) -> list[np.ndarray]:
         """L2-normalised embeddings of windows. Equal lengths are batched together (padding would
@@ -235,11 +249,17 @@ class EmbeddingExtractor(UtteranceAudio):
         plans: list[tuple[SpeechRegion | None, list[tuple[int, int]]]] = []
         for region in self._closed:
             plans.append((region, self._region_spans(region)))
+        finals = [region is not None for region, _ in plans]
         if self._open_start >= 0:  # incremental work: full windows of the utterance still open
             last = self._audio_end - cfg.window_samples
             plans.append((None, [(a, a + cfg.window_samples)
                                  for a in range(self._open_start, last + 1, cfg.step_samples)]))
-        needs = [self._needs(spans, region is not None) for region, spans in plans]
+            finals.append(False)
+            ending = self._pause_spans()
+            if ending is not None:  # the windows that end it if the announced pause closes it
+                plans.append((None, ending))
+                finals.append(True)
+        needs = [self._needs(spans, final) for (_, spans), final in zip(plans, finals)]
         self._compute([spans[i] for (_, spans), (always, _) in zip(plans, needs) for i in always])
         self._compute([spans[i] for (_, spans), (_, maybe) in zip(plans, needs) for i in maybe
                        if self._disagree(spans[i - 1], spans[i + 1])])
@@ -252,6 +272,20 @@ class EmbeddingExtractor(UtteranceAudio):
         self._trim()
         return out
 
+    def _pause_spans(self) -> list[tuple[int, int]] | None:
+        """The windows of the open utterance as if it closed at the announced pause, once the audio
+        covers them all (so they are exactly the windows its close would need); ``None`` otherwise,
+        and the pause is forgotten once they are planned, or if it belongs to another utterance."""
+        pause = self._pause
+        if pause is None or pause.start_sample != self._open_start:
+            self._pause = None
+            return None
+        spans = window_spans(pause.start_sample, pause.end_sample, self._window, self._step, self._min_window)
+        if max(b for _, b in spans) > self._audio_end:
+            return None
+        self._pause = None
+        return [(max(a, self._audio_start), b) for a, b in spans]
+
     def checkpoint(self) -> EmbeddingExtractorState:
         spans = sorted(self._cache)
         return EmbeddingExtractorState(
@@ -262,4 +296,5 @@ class EmbeddingExtractor(UtteranceAudio):
             cached_vectors=(np.stack([self._cache[s] for s in spans]) if spans
                             else np.zeros((0, EMBEDDING_DIM), np.float32)),
             closed=tuple(self._closed),
+            pause=self._pause,
         )

@@ -13,6 +13,7 @@ __all__ = [
     "PcmFrame",
     "VadProbabilities",
     "SpeechStart",
+    "SpeechPause",
     "SpeechRegion",
     "SpeakerEmbedding",
     "UtteranceEmbeddings",
@@ -61,6 +62,16 @@ class SpeechStart:
     """The VAD opened an utterance at ``start_sample`` (padding included); it is still open."""
 
     start_sample: int
+
+
+@dataclass(frozen=True)
+class SpeechPause:
+    """The open utterance that started at ``start_sample`` has fallen silent: if no speech resumes, the
+    VAD will close it as ``[start_sample, end_sample)``. A hint for work that can start early (the
+    embedder's last window); the utterance is closed only by a :class:`SpeechRegion`."""
+
+    start_sample: int
+    end_sample: int
 
 
 @dataclass(frozen=True)

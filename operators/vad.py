@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from .messages import PcmFrame, SpeechRegion, SpeechStart, VadProbabilities
+from .messages import PcmFrame, SpeechPause, SpeechRegion, SpeechStart, VadProbabilities
 from .constants import VAD_WINDOW_SAMPLES
 from .models import VadModel, VadState
 
@@ -33,6 +33,13 @@ class SileroVadConfig:
     pad_samples
         Added before the start and after the end of each utterance (30 ms), never overlapping
         the previous utterance.
+    pause_samples
+        After this much silence inside an utterance (64 ms) the VAD announces where the utterance will
+        end if no speech resumes (:class:`SpeechPause`), so that the live embedder can embed its last
+        window during the rest of the hangover instead of after it closes. Shorter announces more
+        pauses that speech then resumes (each costs a wasted window: at 64 ms, +20 % live compute on
+        the dev set), longer leaves less time before the close. At most ``min_silence_samples``,
+        which turns the announcements off.
     max_utterance_samples
         An utterance is cut and a new one opened at this length (15 s), so that results keep
         flowing while someone talks on.
@@ -47,21 +54,25 @@ class SileroVadConfig:
     min_silence_samples: int = 4000
     pad_samples: int = 480
     max_utterance_samples: int = 240_000
+    pause_samples: int = 1024
 
     input_types: ClassVar[tuple[type, ...]] = (PcmFrame,)
-    output_types: ClassVar[tuple[type, ...]] = (SpeechStart, SpeechRegion, VadProbabilities)
+    output_types: ClassVar[tuple[type, ...]] = (SpeechStart, SpeechPause, SpeechRegion, VadProbabilities)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {self.threshold}")
         if not 0.0 < self.low < self.threshold + 1e-12:
             raise ValueError(f"negative_threshold must lie in (0, threshold], got {self.negative_threshold}")
-        for name in ("min_speech_samples", "min_silence_samples", "pad_samples"):
+        for name in ("min_speech_samples", "min_silence_samples", "pad_samples", "pause_samples"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_utterance_samples < max(self.min_speech_samples, 2 * VAD_WINDOW_SAMPLES):
             raise ValueError(f"max_utterance_samples must be >= min_speech_samples and >= 1024, "
                              f"got {self.max_utterance_samples}")
+        if self.pause_samples > self.min_silence_samples:
+            raise ValueError(f"pause_samples must not exceed min_silence_samples, got {self.pause_samples} > "
+                             f"{self.min_silence_samples}")
         if self.pad_samples > self.min_silence_samples:
             raise ValueError("pad_samples must not exceed min_silence_samples (the padded end must be "
                              f"audio already seen), got {self.pad_samples} > {self.min_silence_samples}")
@@ -88,6 +99,7 @@ class SileroVadState:
     last_end: int  # end of the previous utterance (padding never overlaps it)
     probability_sum: float
     window_count: int
+    pause_announced: bool = False  # a SpeechPause went out for the current silence
 
     @classmethod
     def initial(cls) -> SileroVadState:
@@ -99,7 +111,8 @@ class SileroVad:
     """Runs Silero on whole 512-sample windows and applies the hysteresis state machine.
 
     Emits, for each input frame: the window probabilities, then any :class:`SpeechStart` /
-    :class:`SpeechRegion` it decided (operators that need the audio read it from the framer).
+    :class:`SpeechPause` / :class:`SpeechRegion` it decided (operators that need the audio read it from
+    the framer).
     """
 
     def __init__(self, config: SileroVadConfig, model: VadModel, state: SileroVadState) -> None:
@@ -127,7 +140,7 @@ class SileroVad:
     def _decide(self, probabilities: np.ndarray) -> list[Any]:
         cfg, s = self.config, self._s
         cand, open_start, silence, last_end = s.candidate_start, s.open_start, s.silence_start, s.last_end
-        prob_sum, count = s.probability_sum, s.window_count
+        prob_sum, count, announced = s.probability_sum, s.window_count, s.pause_announced
         out: list[Any] = []
         window_start = s.next_window_sample
         for p in probabilities.tolist():
@@ -144,20 +157,25 @@ class SileroVad:
             else:
                 prob_sum, count = prob_sum + p, count + 1
                 if p >= cfg.threshold:
-                    silence = -1
+                    silence, announced = -1, False
                 elif p < cfg.low and silence < 0:
                     silence = window_start
                 if silence >= 0 and window_end - silence >= cfg.min_silence_samples:
                     end = silence + cfg.pad_samples
                     out.append(SpeechRegion(open_start, end, prob_sum / max(count, 1)))
-                    open_start, last_end, silence = -1, end, -1
+                    open_start, last_end, silence, announced = -1, end, -1, False
                 elif window_end - open_start >= cfg.max_utterance_samples:
                     out.append(SpeechRegion(open_start, window_end, prob_sum / max(count, 1)))
                     out.append(SpeechStart(window_end))
                     open_start, last_end, silence, prob_sum, count = window_end, window_end, -1, 0.0, 0
+                    announced = False
+                elif silence >= 0 and not announced and window_end - silence >= cfg.pause_samples:
+                    out.append(SpeechPause(open_start, silence + cfg.pad_samples))
+                    announced = True
             window_start = window_end
         self._s = replace(s, next_window_sample=window_start, candidate_start=cand, open_start=open_start,
-                          silence_start=silence, last_end=last_end, probability_sum=prob_sum, window_count=count)
+                          silence_start=silence, last_end=last_end, probability_sum=prob_sum, window_count=count,
+                          pause_announced=announced)
         return out
 
     def on_watermark(self, sample: int) -> Sequence[Any]:

@@ -9,7 +9,7 @@ import soundfile as sf
 
 from diarflow.testing.evaluation import DevItem
 from diarflow.provisioning import ModelPaths
-from diarflow.operators.messages import PcmFrame, SpeechRegion, SpeechStart, VadProbabilities
+from diarflow.operators.messages import PcmFrame, SpeechPause, SpeechRegion, SpeechStart, VadProbabilities
 from diarflow.operators.models import SileroVadModel, VadState
 from diarflow.operators.vad import SileroVadConfig
 
@@ -61,7 +61,7 @@ def _vad_events(resources, audio: np.ndarray, frame_samples: int) -> tuple[list,
     decisions, probabilities = [], []
     for lo in range(0, len(audio), frame_samples):
         for message in vad.on_item(PcmFrame(lo, audio[lo:lo + frame_samples])):
-            if isinstance(message, (SpeechStart, SpeechRegion)):
+            if isinstance(message, (SpeechStart, SpeechPause, SpeechRegion)):
                 decisions.append(message)
             elif isinstance(message, VadProbabilities):
                 probabilities.append(message.probabilities)
@@ -76,3 +76,18 @@ def test_offline_chunks_decide_exactly_like_streaming_frames(resources, speech: 
     assert offline == streamed
     regions = [d for d in streamed if isinstance(d, SpeechRegion)]
     assert len(regions) >= 3 and sum(r.end_sample - r.start_sample for r in regions) > 16000 * 15
+    # every utterance that silence closed was announced first, with the same end (a cut at the length
+    # limit is followed by an utterance starting where it ends, and has no pause)
+    pauses = {(d.start_sample, d.end_sample): i for i, d in enumerate(streamed) if isinstance(d, SpeechPause)}
+    for earlier, later in zip(regions, regions[1:]):
+        if later.start_sample != earlier.end_sample:
+            assert pauses.get((earlier.start_sample, earlier.end_sample), len(streamed)) < streamed.index(earlier)
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="pause_samples must not exceed min_silence_samples"):
+        SileroVadConfig(pause_samples=5000)
+    with pytest.raises(ValueError, match="pause_samples must be >= 0"):
+        SileroVadConfig(pause_samples=-1)
+    with pytest.raises(ValueError, match="threshold"):
+        SileroVadConfig(threshold=1.5)
