@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .executor import Executor
 from .graph import Graph
 
 __all__ = ["Event", "canonical", "replay", "record_inputs", "check_operator", "check_protocol", "check_deterministic",
@@ -62,33 +63,62 @@ def replay(op: Any, events: Sequence[Event]) -> list[Event]:
     return out
 
 
+class _Recorded:
+    """A node config whose operator logs every event it is given, then delegates to the real one."""
+
+    def __init__(self, inner: Any, log: list[Event]) -> None:
+        self.inner, self.log = inner, log
+        self.input_types, self.output_types = inner.input_types, inner.output_types
+
+    def __repr__(self) -> str:
+        return f"_Recorded({self.inner!r})"
+
+    def build(self, state: Any, resources: Any) -> _Recording:
+        return _Recording(self.inner.build(state, resources), self.log)
+
+
+class _Recording:
+    def __init__(self, op: Any, log: list[Event]) -> None:
+        self.op, self.log = op, log
+
+    def on_item(self, item: Any) -> Sequence[Any]:
+        self.log.append(("item", item))
+        return self.op.on_item(item)
+
+    def on_watermark(self, sample: int) -> Sequence[Any]:
+        self.log.append(("wm", sample))
+        return self.op.on_watermark(sample)
+
+    def on_eof(self) -> Sequence[Any]:
+        self.log.append(("eof", None))
+        return self.op.on_eof()
+
+    def checkpoint(self) -> Any:
+        return self.op.checkpoint()
+
+
 def record_inputs(graph: Graph, resources: Any, events: Sequence[Event]) -> dict[str, list[Event]]:
-    """Drive ``graph`` with ``events`` (items go to its source) as the executor does, upstream first,
-    each output to the downstream nodes that accept it, and record the events every node receives.
+    """Run ``graph`` on the :class:`~.executor.Executor` with ``events`` (items go to its source, which
+    adds its own watermark after each; a ``"wm"`` event advances event time further) and record the
+    events every node receives.
 
     Returns node name -> its events, plus ``"_sinks"``: what the sinks emitted.
     """
-    ops = {name: config.build(None, resources) for name, config in graph.nodes.items()}
-    inputs: dict[str, list[Event]] = {name: [] for name in graph.nodes}
+    logs: dict[str, list[Event]] = {name: [] for name in graph.nodes}
+    recorded = graph
+    for name, config in graph.nodes.items():
+        recorded = recorded.replace(name, _Recorded(config, logs[name]))  # type: ignore[arg-type]
+    executor = Executor(recorded, resources)
     sinks: list[Event] = []
     for kind, payload in events:
-        inbox: dict[str, list[Any]] = {name: [] for name in graph.nodes}
         if kind == "item":
-            inbox[graph.source].append(payload)
-        for name, op in ops.items():
-            produced: list[Any] = []
-            for message in inbox[name]:
-                inputs[name].append(("item", message))
-                produced.extend(op.on_item(message))
-            if kind != "item":
-                inputs[name].append((kind, payload))
-                produced.extend(op.on_watermark(payload) if kind == "wm" else op.on_eof())
-            for downstream in graph.edges[name]:
-                inbox[downstream].extend(m for m in produced if graph.accepts(downstream, m))
-            if name in graph.sinks:
-                sinks.extend(("item", m) for m in produced)
-    inputs["_sinks"] = sinks
-    return inputs
+            out = executor.push(payload)
+        elif kind == "wm":
+            out = executor.watermark(payload)
+        else:
+            out = executor.eof()
+        sinks.extend(("item", m) for m in out)
+    return {**logs, "_sinks": sinks}
 
 
 def check_protocol(config: Any, resources: Any, events: Sequence[Event]) -> None:
