@@ -118,6 +118,14 @@ class LiveCheckpoint:
     last_snapshot: Snapshot | None
     meta: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def resumable(self) -> bool:
+        """Whether this engine can continue from it: its graph is the one its options describe now (a
+        checkpoint written by an engine version whose graph differs cannot be restored)."""
+        o = self.options
+        return self.engine.graph_digest == live_graph(o.num_speakers, o.min_speakers, o.max_speakers,
+                                                      o.merge_similarity).digest
+
 
 class LiveSession:
     """One live session. Not thread-safe: one call at a time (the server serialises them).

@@ -99,7 +99,8 @@ class ResumableSessions:
 
     def load(self, token: str, team: str | None) -> LiveCheckpoint | None:
         """The persisted checkpoint for ``token`` (read from disk: call off the event loop), or ``None``
-        when there is none, it expired (older than the window), is unreadable, or is another team's."""
+        when there is none, it expired (older than the window), is unreadable, was written by an engine whose
+        graph differs (then it is removed), or is another team's."""
         if self.directory is None:
             return None
         key = _key(token)
@@ -110,6 +111,10 @@ class ResumableSessions:
                 file.remove()
                 return None
             checkpoint = file.load()
+            if not checkpoint.resumable:  # written by an engine whose graph differs (an upgrade)
+                log.warning("live checkpoint %s is of another engine version: removed", file.path.name)
+                file.remove()
+                return None
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -119,13 +124,6 @@ class ResumableSessions:
         if checkpoint.meta.get("team") != team or "session_id" not in checkpoint.meta:
             return None
         return checkpoint
-
-    def discard(self, token: str) -> None:
-        """Remove the persisted checkpoint of ``token``: it was read, but no session can continue from it
-        (call off the event loop)."""
-        file = self._files.pop(_key(token), None)
-        if file is not None:
-            file.remove()
 
     def adopt(self, token: str, session: LiveSession, owner: Any) -> LiveRecord:
         """Register a session restored from disk (its metadata names its id and team)."""

@@ -25,7 +25,6 @@ from typing import Any, AsyncIterator, Callable, Mapping, TypeVar
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
-from diarflow.dataflow import CheckpointMismatch
 from diarflow.live import LiveSession
 from diarflow.operators.constants import SAMPLE_RATE
 
@@ -261,18 +260,8 @@ class _Connection:
             record = resumable.find(token, self.team)  # it may have been restored meanwhile
             if record is None and checkpoint is not None:
                 restored = checkpoint
-
-                def restore() -> LiveSession | None:
-                    try:
-                        return LiveSession(restored.options, self.resources, restored)
-                    except CheckpointMismatch as exc:  # written by an engine whose graph differs (an upgrade)
-                        log.warning("live checkpoint not resumable: %s", exc)
-                        resumable.discard(token)
-                        return None
-
-                session = await self._compute(restore)
-                if session is not None:
-                    record = resumable.find(token, self.team) or resumable.adopt(token, session, owner=None)
+                session = await self._compute(lambda: LiveSession(restored.options, self.resources, restored))
+                record = resumable.find(token, self.team) or resumable.adopt(token, session, owner=None)
         if record is None or record.session.closed:
             raise ProtocolError(SESSION_NOT_FOUND, "session not found or expired")
         previous, record.owner = record.owner, self
