@@ -246,26 +246,21 @@ class EmbeddingExtractor(UtteranceAudio):
 
     def _flush(self) -> list[UtteranceEmbeddings]:
         cfg = self.config
-        plans: list[tuple[SpeechRegion | None, list[tuple[int, int]]]] = []
-        for region in self._closed:
-            plans.append((region, self._region_spans(region)))
-        finals = [region is not None for region, _ in plans]
+        closed = [(region, self._region_spans(region)) for region in self._closed]  # to emit now
+        work = [(spans, self._needs(spans, final=True)) for _, spans in closed]
         if self._open_start >= 0:  # incremental work: full windows of the utterance still open
             last = self._audio_end - cfg.window_samples
-            plans.append((None, [(a, a + cfg.window_samples)
-                                 for a in range(self._open_start, last + 1, cfg.step_samples)]))
-            finals.append(False)
+            open_spans = [(a, a + cfg.window_samples) for a in range(self._open_start, last + 1, cfg.step_samples)]
+            work.append((open_spans, self._needs(open_spans, final=False)))
             ending = self._pause_spans()
             if ending is not None:  # the windows that end it if the announced pause closes it
-                plans.append((None, ending))
-                finals.append(True)
-        needs = [self._needs(spans, final) for (_, spans), final in zip(plans, finals)]
-        self._compute([spans[i] for (_, spans), (always, _) in zip(plans, needs) for i in always])
-        self._compute([spans[i] for (_, spans), (_, maybe) in zip(plans, needs) for i in maybe
+                work.append((ending, self._needs(ending, final=True)))
+        self._compute([spans[i] for spans, (always, _) in work for i in always])
+        self._compute([spans[i] for spans, (_, maybe) in work for i in maybe
                        if self._disagree(spans[i - 1], spans[i + 1])])
         out = [UtteranceEmbeddings(region, tuple(SpeakerEmbedding(a, b, self._cache[(a, b)])
                                                  for a, b in spans if (a, b) in self._cache))
-               for region, spans in plans if region is not None]
+               for region, spans in closed]
         self._closed = []
         self._cache = {span: v for span, v in self._cache.items()
                        if self._open_start >= 0 and span[0] >= self._open_start}

@@ -99,7 +99,6 @@ class SileroVadState:
     last_end: int  # end of the previous utterance (padding never overlaps it)
     probability_sum: float
     window_count: int
-    pause_announced: bool = False  # a SpeechPause went out for the current silence
 
     @classmethod
     def initial(cls) -> SileroVadState:
@@ -140,7 +139,7 @@ class SileroVad:
     def _decide(self, probabilities: np.ndarray) -> list[Any]:
         cfg, s = self.config, self._s
         cand, open_start, silence, last_end = s.candidate_start, s.open_start, s.silence_start, s.last_end
-        prob_sum, count, announced = s.probability_sum, s.window_count, s.pause_announced
+        prob_sum, count = s.probability_sum, s.window_count
         out: list[Any] = []
         window_start = s.next_window_sample
         for p in probabilities.tolist():
@@ -157,25 +156,24 @@ class SileroVad:
             else:
                 prob_sum, count = prob_sum + p, count + 1
                 if p >= cfg.threshold:
-                    silence, announced = -1, False
+                    silence = -1
                 elif p < cfg.low and silence < 0:
                     silence = window_start
                 if silence >= 0 and window_end - silence >= cfg.min_silence_samples:
                     end = silence + cfg.pad_samples
                     out.append(SpeechRegion(open_start, end, prob_sum / max(count, 1)))
-                    open_start, last_end, silence, announced = -1, end, -1, False
+                    open_start, last_end, silence = -1, end, -1
                 elif window_end - open_start >= cfg.max_utterance_samples:
                     out.append(SpeechRegion(open_start, window_end, prob_sum / max(count, 1)))
                     out.append(SpeechStart(window_end))
                     open_start, last_end, silence, prob_sum, count = window_end, window_end, -1, 0.0, 0
-                    announced = False
-                elif silence >= 0 and not announced and window_end - silence >= cfg.pause_samples:
+                elif silence >= 0 and window_end - silence >= cfg.pause_samples and (
+                        window_start == silence or window_start - silence < cfg.pause_samples):
+                    # the first window of this silence to reach pause_samples: announce once
                     out.append(SpeechPause(open_start, silence + cfg.pad_samples))
-                    announced = True
             window_start = window_end
         self._s = replace(s, next_window_sample=window_start, candidate_start=cand, open_start=open_start,
-                          silence_start=silence, last_end=last_end, probability_sum=prob_sum, window_count=count,
-                          pause_announced=announced)
+                          silence_start=silence, last_end=last_end, probability_sum=prob_sum, window_count=count)
         return out
 
     def on_watermark(self, sample: int) -> Sequence[Any]:
