@@ -16,7 +16,7 @@ import resource
 import time
 
 from diarflow.api import diarize
-from diarflow.testing.evaluation import Turn, diarization_error_rate, load_dev_items, overlap_seconds, read_rttm
+from diarflow.testing.evaluation import PooledDer, Turn, load_dev_items, overlap_seconds, read_rttm
 from diarflow.operators.models import Resources
 from diarflow.resources import load_resources
 from tools import exit_without_dev_corpus
@@ -27,7 +27,7 @@ def _peak_rss_mb() -> float:
 
 
 def run(mode: str, only: set[str] | None, resources: Resources) -> None:
-    pooled = {0.25: [0.0, 0.0], 0.0: [0.0, 0.0]}
+    pooled = PooledDer()
     audio_s = compute_s = 0.0
     right = total = 0
     overlap = {"reference_s": 0.0, "hypothesis_s": 0.0, "hit_s": 0.0}
@@ -41,10 +41,7 @@ def run(mode: str, only: set[str] | None, resources: Resources) -> None:
         elapsed = time.perf_counter() - started
         reference = read_rttm(item.rttm_path)[item.uri]
         hypothesis = [Turn(s.start_s, s.end_s, s.speaker) for s in result.segments]
-        scores = {c: diarization_error_rate(reference, hypothesis, item.duration_s, c) for c in pooled}
-        for c, s in scores.items():
-            pooled[c][0] += s["missed_s"] + s["false_alarm_s"] + s["confusion_s"]
-            pooled[c][1] += s["total_s"]
+        scores = pooled.add(reference, hypothesis, item.duration_s)
         for key, value in overlap_seconds(reference, hypothesis, item.duration_s).items():
             overlap[key] += value
         found = len(result.speakers)
@@ -56,8 +53,8 @@ def run(mode: str, only: set[str] | None, resources: Resources) -> None:
         print(f"{item.uri:<12} {found:>2}/{item.num_speakers:<3} {s25['der'] * 100:8.2f}% {s25['missed_s']:6.1f} "
               f"{s25['false_alarm_s']:6.1f} {s25['confusion_s']:6.1f} {scores[0.0]['der'] * 100:6.2f}% "
               f"{elapsed / item.duration_s:7.4f}", flush=True)
-    print(f"POOLED {mode}: DER {pooled[0.25][0] / pooled[0.25][1] * 100:.2f} % at +-0.25 s collar, "
-          f"{pooled[0.0][0] / pooled[0.0][1] * 100:.2f} % without collar; speaker count right "
+    print(f"POOLED {mode}: DER {pooled.rate(0.25) * 100:.2f} % at +-0.25 s collar, "
+          f"{pooled.rate(0.0) * 100:.2f} % without collar; speaker count right "
           f"{right}/{total}; RTF {compute_s / audio_s:.4f} ({audio_s / 60:.1f} min in {compute_s:.1f} s); "
           f"peak RSS {_peak_rss_mb():.0f} MB")
     print(f"OVERLAP {mode}: {overlap['reference_s']:.1f} s in the references; recall "

@@ -22,7 +22,7 @@ from diarflow.api import diarize
 from diarflow.audio import decode_chunks
 from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.resources import load_resources
-from diarflow.testing.evaluation import Turn, diarization_error_rate, load_dev_items, read_rttm
+from diarflow.testing.evaluation import PooledDer, Turn, load_dev_items, read_rttm
 from tools import exit_without_dev_corpus
 
 _AUDIBLE_S = 2.0  # a reference speaker with less speech in an excerpt is not expected to be found
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--min-speakers", type=int, default=3)
     args = parser.parse_args()
     resources = load_resources(parallel_calls=os.cpu_count() or 1)
-    pooled = {0.25: [0.0, 0.0], 0.0: [0.0, 0.0]}
+    pooled = PooledDer()
     exact_all = exact_audible = under = over = excerpts = 0
     print(f"{'uri':<12} {'from':>6} {'found':>5} {'all':>4} {'>=2s':>5} {'DER@0.25':>9} {'DER@0':>7}")
     for item in load_dev_items():
@@ -60,10 +60,7 @@ def main() -> None:
             piece = audio[int(start_s * SAMPLE_RATE): int(end_s * SAMPLE_RATE)]
             result = diarize(piece, mode=args.mode, resources=resources)  # type: ignore[arg-type]
             hypothesis = [Turn(s.start_s, s.end_s, s.speaker) for s in result.segments]
-            scores = {c: diarization_error_rate(turns, hypothesis, args.seconds, c) for c in pooled}
-            for c, s in scores.items():
-                pooled[c][0] += s["missed_s"] + s["false_alarm_s"] + s["confusion_s"]
-                pooled[c][1] += s["total_s"]
+            scores = pooled.add(turns, hypothesis, args.seconds)
             found = len(result.speakers)
             excerpts += 1
             exact_all += found == len(speech)
@@ -77,8 +74,8 @@ def main() -> None:
         return
     print(f"EXCERPTS {args.mode}, {args.seconds:g} s, >= {args.min_speakers} speakers: {excerpts} excerpts; count exact "
           f"{exact_all}/{excerpts} (every speaker), {exact_audible}/{excerpts} (speakers with >= {_AUDIBLE_S:g} s); "
-          f"under {under}, over {over}; DER {pooled[0.25][0] / pooled[0.25][1] * 100:.2f} % at +-0.25 s collar, "
-          f"{pooled[0.0][0] / pooled[0.0][1] * 100:.2f} % without collar")
+          f"under {under}, over {over}; DER {pooled.rate(0.25) * 100:.2f} % at +-0.25 s collar, "
+          f"{pooled.rate(0.0) * 100:.2f} % without collar")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import numpy as np
 from diarflow.operators.constants import SAMPLE_RATE
 
 __all__ = [
+    "PooledDer",
     "DevItem",
     "Turn",
     "default_dev_dir",
@@ -225,6 +226,26 @@ def diarization_error_rate(
         "confusion_s": float(details["confusion"]),
         "total_s": float(details["total"]),
     }
+
+
+class PooledDer:
+    """DER pooled over files (total error seconds over total reference speech) at several collars."""
+
+    def __init__(self, collars_s: tuple[float, ...] = (0.25, 0.0)) -> None:
+        self.error_s = dict.fromkeys(collars_s, 0.0)
+        self.total_s = dict.fromkeys(collars_s, 0.0)
+
+    def add(self, reference: list[Turn], hypothesis: list[Turn], duration_s: float) -> dict[float, dict[str, float]]:
+        """Score one file at every collar (:func:`diarization_error_rate`), pool it, return its scores."""
+        scores = {c: diarization_error_rate(reference, hypothesis, duration_s, c) for c in self.error_s}
+        for c, s in scores.items():
+            self.error_s[c] += s["missed_s"] + s["false_alarm_s"] + s["confusion_s"]
+            self.total_s[c] += s["total_s"]
+        return scores
+
+    def rate(self, collar_s: float) -> float:
+        """The pooled DER at ``collar_s`` (0 before any speech was scored)."""
+        return self.error_s[collar_s] / self.total_s[collar_s] if self.total_s[collar_s] else 0.0
 
 
 def overlap_seconds(reference: list[Turn], hypothesis: list[Turn], duration_s: float,
