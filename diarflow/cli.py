@@ -139,8 +139,9 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     from diarflow.servers.stream_client import run_stream_command
 
     try:
+        start = {} if args.settle_s is None else {"settle_s": args.settle_s}
         return asyncio.run(run_stream_command(args.file, args.url, args.realtime,
-                                              args.token or os.environ.get("DIARFLOW_TOKEN")))
+                                              args.token or os.environ.get("DIARFLOW_TOKEN"), start=start))
     except AudioDecodeError as exc:
         print(f"diarflow: {exc}", file=sys.stderr)
     except FileNotFoundError:
@@ -349,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send at real-time pace and print per-utterance latency with P50/P99")
     stream.add_argument("--token", default=None, help="API key when the server runs with --auth "
                         "(default $DIARFLOW_TOKEN)")
+    stream.add_argument("--settle-s", type=float, default=None, metavar="SECONDS",
+                        help="ask the server to settle labels this far behind the live edge (start.settle_s, "
+                             "0 to 120): steadier labels, a less accurate final result; default: the 120 s buffer")
     stream.set_defaults(func=_cmd_stream)
     return parser
 

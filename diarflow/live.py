@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from diarflow.dataflow import Checkpoint, Graph, StreamingSession
+from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.operators.merge_similarity import check_merge_similarity
 from diarflow.operators.messages import PcmBytes, Snapshot, SpeakerTurn
 from diarflow.operators.pipeline import PipelineConfig, build_graph
@@ -74,6 +75,12 @@ class LiveOptions:
         name as ``diarflow diarize --merge-similarity`` (the clusterer's ``merge_similarity``).
     speakers
         At most 50 known people, labels unique.
+    settle_samples
+        ``None`` (default): labels may change until speech leaves the 120 s buffer (best final result).
+        Otherwise the output settles this far behind the end of the latest utterance
+        (:class:`~diarflow.operators.snapshots.SnapshotEmitterConfig`): ``final_until`` trails the live
+        edge by about that much and far less speech changes speaker, for a less accurate final result
+        (the trade-off is measured in the README). ``0 <= settle_samples < 120 s``.
     """
 
     num_speakers: int | None = None
@@ -81,6 +88,7 @@ class LiveOptions:
     max_speakers: int | None = None
     merge_similarity: float | None = None
     speakers: tuple[KnownSpeaker, ...] = ()
+    settle_samples: int | None = None
 
     def __post_init__(self) -> None:
         if self.merge_similarity is not None:
@@ -91,16 +99,29 @@ class LiveOptions:
         duplicates = sorted({label for label in labels if labels.count(label) > 1})
         if duplicates:
             raise ValueError(f"speakers: labels must be unique, {duplicates[0]!r} appears more than once")
-        live_graph(self.num_speakers, self.min_speakers, self.max_speakers, self.merge_similarity)  # validates
+        retention = PipelineConfig().for_mode("stream").clustering.retention_samples
+        if self.settle_samples is not None and (isinstance(self.settle_samples, bool)
+                                                or not isinstance(self.settle_samples, int)
+                                                or not 0 <= self.settle_samples < retention):
+            raise ValueError(f"settle_s must be at least 0 and below {retention // SAMPLE_RATE} s (the rolling "
+                             f"buffer), got {self.settle_samples / SAMPLE_RATE:g} s")
+        self.graph()  # validates
+
+    def graph(self) -> Graph:
+        """The frozen streaming graph these options describe (``ValueError`` if they are invalid)."""
+        return live_graph(self.num_speakers, self.min_speakers, self.max_speakers, self.merge_similarity,
+                          self.settle_samples)
 
 
 @lru_cache(maxsize=32)  # keyed by what clients send: bounded
 def live_graph(num_speakers: int | None = None, min_speakers: int | None = None, max_speakers: int | None = None,
-               merge_similarity: float | None = None) -> Graph:
+               merge_similarity: float | None = None, settle_samples: int | None = None) -> Graph:
     """The frozen streaming graph for these options (``ValueError`` if they are invalid)."""
     cfg = PipelineConfig().for_mode("stream").with_speakers(SpeakerCount(num_speakers, min_speakers, max_speakers))
     if merge_similarity is not None:
         cfg = replace(cfg, clustering=replace(cfg.clustering, merge_similarity=float(merge_similarity)))
+    if settle_samples is not None:
+        cfg = replace(cfg, snapshots=replace(cfg.snapshots, settle_samples=settle_samples))
     return build_graph(cfg)
 
 
@@ -122,9 +143,7 @@ class LiveCheckpoint:
     def resumable(self) -> bool:
         """Whether this engine can continue from it: its graph is the one its options describe now (a
         checkpoint written by an engine version whose graph differs cannot be restored)."""
-        o = self.options
-        return self.engine.graph_digest == live_graph(o.num_speakers, o.min_speakers, o.max_speakers,
-                                                      o.merge_similarity).digest
+        return self.engine.graph_digest == self.options.graph().digest
 
 
 class LiveSession:
@@ -153,7 +172,7 @@ class LiveSession:
                  graph: Graph | None = None) -> None:
         self.options = checkpoint.options if checkpoint is not None else options
         o = self.options
-        graph = graph or live_graph(o.num_speakers, o.min_speakers, o.max_speakers, o.merge_similarity)
+        graph = graph or o.graph()
         self._engine = StreamingSession(graph, resources, checkpoint.engine if checkpoint is not None else None)
         self.samples_received = checkpoint.samples_received if checkpoint is not None else 0
         self.frames_received = checkpoint.frames_received if checkpoint is not None else 0

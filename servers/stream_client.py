@@ -274,6 +274,8 @@ def _describe(body: Mapping[str, Any]) -> str:
     stats = body["stats"]
     line = (f"{body['type']:<14} utterances={stats['utterances']:<4} chunks={stats['chunks']:<6} "
             f"pipeline={stats['pipeline_ms']:7.1f} ms  {len(segments)} segments, speakers {speakers}")
+    if "final_until" in body["data"]:
+        line += f", final until {body['data']['final_until']:.2f} s"
     if segments:
         last = segments[-1]
         line += f"; last {last['start_time']:.2f}-{last['end_time']:.2f} s -> {last['speaker_id']}"
@@ -281,8 +283,9 @@ def _describe(body: Mapping[str, Any]) -> str:
 
 
 async def run_stream_command(path: str | Path, url: str, realtime: bool, token: str | None,
-                             out: TextIO | None = None) -> int:
-    """``diarflow stream``: stream ``path``, print every snapshot and (``realtime``) latency percentiles."""
+                             out: TextIO | None = None, start: Mapping[str, Any] | None = None) -> int:
+    """``diarflow stream``: stream ``path``, print every snapshot and (``realtime``) latency percentiles.
+    ``start``: extra ``start`` fields, e.g. ``{"settle_s": 10}``."""
     out = out or sys.stdout
     frames = file_frames(path)
 
@@ -308,7 +311,7 @@ async def run_stream_command(path: str | Path, url: str, realtime: bool, token: 
             print(f"retrying in {delay:.0f} s with a new session (attempt {attempt + 1})", file=out, flush=True)
             await asyncio.sleep(delay)
         try:
-            outcome = await stream_frames(url, frames, realtime=realtime, token=token, on_message=show)
+            outcome = await stream_frames(url, frames, realtime=realtime, token=token, on_message=show, start=start)
         except aiohttp.ClientConnectionError as exc:
             print(f"connection failed: {exc}", file=out, flush=True)
             if attempt == MAX_RETRIES:

@@ -127,12 +127,22 @@ def _known_speakers(value: Any) -> tuple[KnownSpeaker, ...]:
     return tuple(out)
 
 
+def _settle_samples(value: Any) -> int | None:
+    """``start.settle_s`` (seconds, an extension field) as samples; its range is checked by :class:`LiveOptions`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1e9 < value < 1e9:  # NaN fails too
+        raise ValueError(f"settle_s must be a number of seconds, got {value!r:.40}")
+    return round(value * SAMPLE_RATE)
+
+
 def start_options(body: Mapping[str, Any]) -> LiveOptions:
     """The engine options a ``start`` message asks for; ``ProtocolError`` 1008 when they are invalid."""
     try:
         count = SpeakerCount.parse(*(body.get(name) for name in PYTHON_NAMES))
         return LiveOptions(count.num, count.min, count.max, merge_similarity=body.get("merge_similarity"),
-                           speakers=_known_speakers(body.get("speakers")))
+                           speakers=_known_speakers(body.get("speakers")),
+                           settle_samples=_settle_samples(body.get("settle_s")))
     except ValueError as exc:
         raise ProtocolError(WSCloseCode.POLICY_VIOLATION, f"start: {exc}") from None
 

@@ -1,4 +1,5 @@
-"""Protocol v1.1 known speakers and sensitivity through real sockets: enrolled voices are named live.
+"""Protocol v1.1 known speakers and the session options through real sockets: enrolled voices are named
+live; ``merge_similarity`` and ``settle_s`` (extension fields) are honoured or refused with 1008.
 
 Voiceprints are made as ``POST /v1/voiceprint`` makes them (the one-speaker diarization's centroid),
 from parts of the recordings that are not streamed: ``LS1688`` from later in ``three_speakers``,
@@ -86,6 +87,10 @@ BAD_STARTS: list[tuple[str, dict[str, Any], str]] = [
     ("empty label", {"speakers": [{"label": "", "voiceprint": "x"}]}, "label must be a string of 1 to 64"),
     ("merge_similarity out of range", {"merge_similarity": 1.5}, "merge_similarity must be a number in (-1, 1]"),
     ("merge_similarity not a number", {"merge_similarity": "high"}, "merge_similarity must be a number"),
+    ("settle_s not a number", {"settle_s": "soon"}, "settle_s must be a number of seconds"),
+    ("settle_s negative", {"settle_s": -1}, "settle_s must be at least 0 and below 120 s"),
+    ("settle_s past the buffer", {"settle_s": 120}, "settle_s must be at least 0 and below 120 s"),
+    ("settle_s huge", {"settle_s": 10 ** 400}, "settle_s must be a number of seconds"),
 ]
 
 
@@ -110,3 +115,29 @@ async def test_too_many_or_duplicate_known_speakers_are_1008(server: ServerThrea
 async def test_merge_similarity_is_accepted(server: ServerThread) -> None:
     outcome = await stream_frames(server.url, [b"\0\0" * 3200], start={"merge_similarity": 0.4})
     assert outcome.close_code == 1000 and outcome.final is not None
+
+
+async def test_settle_s_keeps_final_until_near_the_edge_and_nothing_before_it_moves(
+        server: ServerThread, speech_clips: dict[str, DevItem]) -> None:
+    frames = file_frames(speech_clips["three_speakers"].audio_path)
+    settled = await stream_frames(server.url, frames, start={"settle_s": 5})
+    default = await stream_frames(server.url, frames)
+    assert settled.close_code == default.close_code == 1000 and settled.final is not None
+    audio_s = len(b"".join(frames)) / 32000
+    assert audio_s > 30  # long enough for a settled horizon to move while the 120 s buffer holds everything
+
+    def lags(partials: list[dict[str, Any]]) -> list[float]:
+        return [p["data"]["segments"][-1]["end_time"] - p["data"]["final_until"] for p in partials
+                if p["data"]["segments"] and p["data"]["segments"][-1]["end_time"] > 15]
+
+    assert max(p["data"]["final_until"] for p in default.partials) == 0.0  # the buffer's horizon: nothing left it
+    assert float(np.median(lags(settled.partials))) <= 5 + 3, lags(settled.partials)
+    messages = [*settled.partials, settled.final]
+    for i, body in enumerate(messages):
+        horizon = body["data"]["final_until"]
+        frozen = [(s["start_time"], s["end_time"], s["speaker_id"]) for s in body["data"]["segments"]
+                  if s["end_time"] <= horizon]
+        for later in messages[i + 1:]:
+            assert later["data"]["final_until"] >= horizon
+            kept = {(s["start_time"], s["end_time"], s["speaker_id"]) for s in later["data"]["segments"]}
+            assert set(frozen) <= kept, f"a segment before final_until={horizon} changed"

@@ -335,6 +335,18 @@ def test_stream_command_prints_snapshots_and_latency(server: ServerThread, clip_
     assert "closed with 1000" in out
 
 
+def test_stream_command_asks_for_settled_labels(server: ServerThread, clip_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from diarflow.cli import main
+
+    assert main(["stream", str(clip_path), "--url", server.url, "--settle-s", "1"]) == 0
+    partials = [float(m) for m in re.findall(r"partial_result .*final until ([\d.]+) s", capsys.readouterr().out)]
+    assert partials and max(partials) > 0  # without settle_s nothing settles within a 10 s clip
+    assert main(["stream", str(clip_path), "--url", server.url, "--settle-s", "500"]) == 1
+    out = capsys.readouterr().out
+    assert "settle_s must be at least 0 and below 120 s" in out and "retrying" not in out
+
+
 def test_stream_command_retries_internal_errors(server: ServerThread, clip_path: Path,
                                                 capsys: pytest.CaptureFixture[str],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
