@@ -193,6 +193,13 @@ class OnlineClusterer:
         self._utterances, self._end_sample = state.utterances, state.end_sample
 
     def on_item(self, item: UtteranceEmbeddings) -> Sequence[SpeakerTurns]:
+        self.update(item)
+        return [self._view(final=False)]
+
+    def update(self, item: UtteranceEmbeddings) -> None:
+        """Take one utterance's windows (cluster or assign them, let old windows leave the buffer)
+        without building a view: what :meth:`on_item` does, for a caller that only needs
+        :meth:`turns` at the end (the offline clusterer's sequential pass)."""
         cfg = self.config
         new_vectors = np.stack([w.vector for w in item.windows]).astype(np.float32)  # (m, 192)
         new_spans = np.array([[w.start_sample, w.end_sample] for w in item.windows], dtype=np.int64)
@@ -210,7 +217,6 @@ class OnlineClusterer:
         else:
             self._labels = np.concatenate([self._labels, _smooth(assigned)])
         self._evict()
-        return [self._view(final=False)]
 
     def _assign(self, vectors: np.ndarray) -> np.ndarray | None:
         """The cheap path between re-clusterings: each new window ``(m, 192)`` joins its most similar
@@ -343,6 +349,11 @@ class OnlineClusterer:
         vectors = np.vstack([self._prototype_sums, self._vectors])
         labels = np.concatenate([self._prototype_speakers, self._labels])
         return normalise(label_sums(labels, vectors, self._speakers)).astype(np.float32)
+
+    def turns(self) -> list[SpeakerTurn]:
+        """Every turn so far, frozen then live, without confidences: each window's current speaker
+        covers the samples nearest its centre (:func:`windows_to_turns`)."""
+        return [*self._frozen_turns, *windows_to_turns(self._spans, self._labels, self._utterance_ids)]
 
     def _view(self, final: bool) -> SpeakerTurns:
         live = tuple(turn_confidence(windows_to_turns(self._spans, self._labels, self._utterance_ids),

@@ -8,7 +8,7 @@ from .merge_similarity import DEFAULT_MERGE_SIMILARITY
 from .speaker_clustering import spectral_clusters
 from .vectors import BLOCK_ROWS as _BLOCK_ROWS, kmeans as _kmeans, label_sums, normalise as _normalise
 
-__all__ = ["cluster_embeddings"]
+__all__ = ["cluster_embeddings", "refine_clusters"]
 
 def cluster_embeddings(
     vectors: np.ndarray,
@@ -75,7 +75,22 @@ def cluster_embeddings(
     upper = None if max_speakers is None else min(max_speakers, len(points))
     point_labels = spectral_clusters(points, min(min_speakers, len(points)), upper, weights=point_weights,
                                      keep_fraction=prune_fraction)
-    labels = _refine(vectors, point_labels[members], min_cluster_size, min_speakers, row_weights)
+    return refine_clusters(vectors, point_labels[members], min_speakers, merge_similarity, min_cluster_size,
+                           row_weights)
+
+
+def refine_clusters(vectors: np.ndarray, labels: np.ndarray, min_speakers: int = 1,
+                    merge_similarity: float = DEFAULT_MERGE_SIMILARITY, min_cluster_size: int = 3,
+                    weights: np.ndarray | None = None) -> np.ndarray:
+    """Settle a first clustering against the whole recording: clusters smaller than ``min_cluster_size``
+    windows are dissolved, every window moves to its nearest speaker centroid (twice), then speakers
+    whose centroids are more similar than ``merge_similarity`` are merged (never below ``min_speakers``).
+
+    ``vectors (n, dim)`` L2-normalised, ``labels (n,)`` in [0, k), optional row ``weights (n,)``;
+    returns int64 labels ``(n,)`` numbered 0..k'-1. Memory O(n x k).
+    """
+    row_weights = np.ones(len(vectors)) if weights is None else np.asarray(weights, np.float64)
+    labels = _refine(vectors, np.asarray(labels, np.int64), min_cluster_size, min_speakers, row_weights)
     return _merge_similar(vectors, labels, merge_similarity, min_speakers, row_weights)
 
 

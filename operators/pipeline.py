@@ -75,7 +75,8 @@ class PipelineConfig:
     def for_mode(self, mode: Literal["offline", "stream"]) -> PipelineConfig:
         """This config for a driver mode: ``"offline"`` pools window embeddings from shared passes over whole
         utterances (:class:`PooledEmbeddingExtractorConfig` on ``embedding``'s grid) and clusters all windows
-        at end of input (:class:`GlobalClustererConfig` with ``clustering``'s knobs); ``"stream"`` embeds
+        at end of input (:class:`GlobalClustererConfig` with ``clustering``'s knobs), and overlaps the overlap
+        detector's chunks (:attr:`overlap_detector`); ``"stream"`` embeds
         each window as it completes and clusters online over the rolling buffer (results after every
         utterance)."""
         if mode not in ("offline", "stream"):
@@ -87,6 +88,15 @@ class PipelineConfig:
         """The embedder node of this mode: a model pass per window live, windows pooled from shared passes
         over whole utterances offline (on ``embedding``'s window grid)."""
         return self.embedding if self.mode == "stream" else PooledEmbeddingExtractorConfig.like(self.embedding)
+
+    @property
+    def overlap_detector(self) -> OverlapDetectorConfig | None:
+        """The overlap detector node of this mode (``None`` without overlap detection): offline its chunks
+        overlap (``offline_step_samples``), live they tile the audio (``step_samples``)."""
+        detection = self.overlap_detection
+        if detection is None or self.mode == "stream":
+            return detection
+        return replace(detection, step_samples=detection.offline_step_samples)
 
     @property
     def clusterer(self) -> OnlineClustererConfig | GlobalClustererConfig:
@@ -116,10 +126,10 @@ def build_graph(config: PipelineConfig | None = None) -> Graph:
                .connect("embedder", "clusterer"))
     if config.mode == "offline":
         builder.connect("vad", "clusterer")
-    if config.overlap_detection is None:
+    if config.overlap_detector is None:
         return builder.connect("clusterer", "snapshots").freeze()
     return (builder
-            .add("overlap_detector", config.overlap_detection)
+            .add("overlap_detector", config.overlap_detector)
             .add("overlaps", config.overlaps)
             .connect("framer", "overlap_detector")
             .connect("vad", "overlap_detector")

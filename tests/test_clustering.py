@@ -117,6 +117,33 @@ def test_global_clusterer_emits_every_turn_once_at_end_of_input() -> None:
     assert all(t.posteriors and t.posteriors[0][0] == t.speaker for t in final.turns)
 
 
+def test_global_clusterer_counts_voices_met_a_few_at_a_time() -> None:
+    """A 20-minute recording of 10 voices, three at a time in 2-minute scenes, each voice back in later
+    scenes: the sequential pass clusters a few voices per buffer and the refinement settles all windows."""
+    centres = _speakers(10, seed=31)
+    utterances, truth = [], []
+    for scene in range(10):
+        cast = [scene, (scene + 3) % 10, (scene + 7) % 10]
+        for i in range(24):  # 24 utterances of 3 windows, 5 s apart: 120 s
+            speaker = cast[i % 3]
+            utterances.append(_utterance(120.0 * scene + 5.0 * i, centres[speaker], windows=3, noise=0.06,
+                                         seed=100 * scene + i))
+            truth.append(speaker)
+    final = _run(GlobalClustererConfig(), utterances)[-1]
+    assert final.num_speakers == 10
+    found = [t.speaker for t in final.turns]
+    assert len(found) == len(truth)  # one turn per utterance: no window changed speaker inside one
+    assert all(len({f for f, t in zip(found, truth) if t == voice}) == 1 for voice in range(10))
+
+
+@pytest.mark.parametrize("voices, asked", [(5, 2), (3, 6)])
+def test_global_clusterer_honours_a_fixed_count_the_voices_do_not_suggest(voices: int, asked: int) -> None:
+    centres = _speakers(voices, seed=41)
+    utterances = [_utterance(4.0 * i, centres[i % voices], windows=3, seed=i) for i in range(10 * voices)]
+    final = _run(GlobalClustererConfig(num_speakers=asked), utterances)[-1]
+    assert final.num_speakers == asked
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"num_speakers": 2, "max_speakers": 3}, "cannot be combined"),
     ({"min_speakers": 4, "max_speakers": 3}, "must not be greater"),
