@@ -159,14 +159,15 @@ class GlobalClusterer:
         if cfg.num_speakers is not None and found != cfg.num_speakers:
             warnings = (f"asked for {cfg.num_speakers} speakers but the audio only supports {found}",)
         posteriors = window_posteriors(vectors, labels)  # (n, speakers)
-        turns = turn_posteriors(windows_to_turns(spans, labels, utterance_ids), spans, posteriors)
+        sums = label_sums(labels, vectors, found)
+        centroids = np.stack([unit(sums[k]) for k in range(found)])  # (speakers, 192)
+        turns = turn_posteriors(windows_to_turns(spans, labels, utterance_ids, vectors, centroids), spans,
+                                posteriors)
         vad = self._vad.view()
         end = max(self._end_sample, len(vad) * VAD_WINDOW_SAMPLES)
         frames = frame_confidence(turns, spans, posteriors, labels, vad, end)
-        sums = label_sums(labels, vectors, found)
-        centroids = {k: unit(sums[k]) for k in range(found)}
         return [SpeakerTurns((), 0, tuple(turns), self._utterances, self._end_sample, True, warnings, frames,
-                             centroids)]
+                             {k: centroids[k] for k in range(found)})]
 
     def _settled_labels(self, spans: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """Every window's speaker ``(n,)``: the sequential pass's, refined over the whole recording; or

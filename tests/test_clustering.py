@@ -163,6 +163,27 @@ def test_windows_to_turns_splits_at_centre_midpoints() -> None:
     assert [(t.start_sample, t.end_sample, t.speaker) for t in turns] == [(0, 30000, 0), (30000, 48000, 1)]
 
 
+def test_a_speaker_change_is_placed_where_the_two_windows_mix_the_voices() -> None:
+    a, b = np.eye(192)[0], np.eye(192)[1]
+    centroids = np.stack([a, b])
+    spans = np.array([[0, 24000], [12000, 36000]])
+
+    def mix(share: float) -> np.ndarray:
+        v = share * a + (1 - share) * b
+        return v / np.linalg.norm(v)
+
+    def cut(first_share: float, second_share: float) -> int:
+        turns = windows_to_turns(spans, np.array([0, 1]), np.array([0, 0]),
+                                 np.stack([mix(first_share), mix(second_share)]), centroids)
+        assert [(t.speaker, t.end_sample) for t in turns][1:] == [(1, 36000)] and turns[0].start_sample == 0
+        return turns[0].end_sample
+
+    assert cut(0.8, 0.3) == 19200  # both windows put the change 19 200 samples in; the midpoint rule says 18 000
+    assert cut(1.0, 0.0) == 18000  # pure windows: the estimates meet at the midpoint
+    assert cut(0.0, 0.0) == 12001  # both mostly the second voice: kept after the first window's centre
+    assert cut(1.0, 1.0) == 24000  # both mostly the first: at most the second window's centre
+
+
 def test_global_clustering_scales_without_a_dense_matrix() -> None:
     """Beyond ``max_direct`` windows the micro-cluster path runs; it must still find the speakers."""
     import numpy as np
