@@ -7,12 +7,13 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from .clustering import ClustererState, OnlineClustererConfig, SpeakerTurns, windows_to_turns
+from .clustering import ClustererState, OnlineClustererConfig, SpeakerTurns
 from .confidence import frame_confidence, turn_posteriors, window_posteriors
 from .constants import EMBEDDING_DIM, VAD_WINDOW_SAMPLES
 from .global_clustering import cluster_embeddings, refine_clusters
-from .messages import SpeakerTurn, UtteranceEmbeddings, VadProbabilities
+from .messages import UtteranceEmbeddings, VadProbabilities
 from .speaker_count import SpeakerCount
+from .turns import speakers_at, windows_to_turns
 from .vectors import label_sums, unit
 
 __all__ = ["GlobalClusterer", "GlobalClustererConfig", "GlobalClustererState"]
@@ -177,7 +178,7 @@ class GlobalClusterer:
         cfg = self.config
         floor, cap = cfg.speakers.floor, cfg.speakers.cap
         if spans[-1, 1] - spans[0, 0] > cfg.sequential.retention_samples:  # longer than one buffer
-            first = _speakers_at(self._sequential.turns(), spans.sum(axis=1) // 2)
+            first = speakers_at(self._sequential.turns(), spans.sum(axis=1) // 2)
             _, first = np.unique(first, return_inverse=True)
             labels = refine_clusters(vectors, first, floor, cfg.merge_similarity, cfg.min_cluster_windows)
             found = int(labels.max()) + 1
@@ -191,11 +192,3 @@ class GlobalClusterer:
                                     self._utterance_ids.view().copy(), self._vad.view().copy(),
                                     self._utterances, self._end_sample, self._sequential.checkpoint())
 
-
-def _speakers_at(turns: Sequence[SpeakerTurn], samples: np.ndarray) -> np.ndarray:
-    """The speaker of the turn holding each sample: int64 ``(n,)`` from non-overlapping ``turns`` sorted
-    by start and ``samples (n,)``. Given window centres and the turns :func:`windows_to_turns` made from
-    those windows, it is each window's label (a window's centre always lies in its own stretch)."""
-    starts = np.array([t.start_sample for t in turns], np.int64)
-    speakers = np.array([t.speaker for t in turns], np.int64)
-    return speakers[np.clip(np.searchsorted(starts, samples, side="right") - 1, 0, None)]

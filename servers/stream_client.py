@@ -311,7 +311,8 @@ async def run_stream_command(path: str | Path, url: str, realtime: bool, token: 
             print(f"retrying in {delay:.0f} s with a new session (attempt {attempt + 1})", file=out, flush=True)
             await asyncio.sleep(delay)
         try:
-            outcome = await stream_frames(url, frames, realtime=realtime, token=token, on_message=show, start=start)
+            outcome = await stream_frames(url, frames, realtime=realtime, token=token, on_message=show,
+                                          start=start)
         except aiohttp.ClientConnectionError as exc:
             print(f"connection failed: {exc}", file=out, flush=True)
             if attempt == MAX_RETRIES:

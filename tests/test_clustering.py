@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diarflow.operators.clustering import OnlineClustererConfig, windows_to_turns
+from diarflow.operators.clustering import OnlineClustererConfig
+from diarflow.operators.turns import windows_to_turns
 from diarflow.operators.global_clusterer import GlobalClustererConfig
 from diarflow.operators.vectors import label_sums
 from diarflow.operators.messages import SpeakerEmbedding, SpeechRegion, UtteranceEmbeddings
