@@ -43,7 +43,7 @@ def cluster_embeddings(
         Cosine similarity in (-1, 1] of two speaker centroids above which they are one speaker
         (lower merges more: the clustering's sensitivity knob).
     prune_fraction
-        Fraction of nearest neighbours each row of the affinity graph keeps (at least 6).
+        Fraction of nearest neighbours each row of the affinity graph keeps (at least 8).
     weights
         Optional ``(n,)`` positive row weights: how many windows a row stands for (the live clusterer
         passes summaries of speakers that left its buffer as weighted rows). Sizes and centroids are
