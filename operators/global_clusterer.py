@@ -11,6 +11,7 @@ from .clustering import ClustererState, OnlineClustererConfig, SpeakerTurns
 from .confidence import frame_confidence, turn_posteriors, window_posteriors
 from .constants import EMBEDDING_DIM, VAD_WINDOW_SAMPLES
 from .global_clustering import cluster_embeddings, refine_clusters
+from .speaker_clustering import RECORDING_AFFINITY
 from .messages import UtteranceEmbeddings, VadProbabilities
 from .speaker_count import SpeakerCount
 from .turns import speakers_at, windows_to_turns
@@ -36,8 +37,9 @@ class GlobalClustererConfig:
     :func:`~.global_clustering.refine_clusters` moves every window to its nearest speaker centroid of
     the whole recording and merges speakers by ``merge_similarity``. When the pass's count breaks the
     ``num_speakers`` / ``min_speakers`` / ``max_speakers`` constraints, one spectral clustering of all
-    windows with those bounds is used instead (:func:`~.global_clustering.cluster_embeddings`; a
-    fixed count is honoured exactly), as it is when all the speech fits in one buffer. The standard
+    windows with those bounds is used instead (:func:`~.global_clustering.cluster_embeddings` on the
+    similarity-weighted graph :data:`~.speaker_clustering.RECORDING_AFFINITY`; a fixed count is
+    honoured exactly), as it is when all the speech fits in one buffer. The standard
     graph derives this config from the live one with :meth:`like`, so a knob set once applies to both
     modes.
 
@@ -195,7 +197,7 @@ class GlobalClusterer:
             if floor <= found and (cap is None or found <= cap):
                 return labels
         return cluster_embeddings(vectors, floor, cap, cfg.merge_similarity, cfg.prune_fraction,
-                                  min_cluster_size=cfg.min_speaker_windows)
+                                  min_cluster_size=cfg.min_speaker_windows, affinity=RECORDING_AFFINITY)
 
     def checkpoint(self) -> GlobalClustererState:
         return GlobalClustererState(self._spans.view().copy(), self._vectors.view().copy(),

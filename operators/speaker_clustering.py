@@ -10,43 +10,67 @@ The recipe follows H. Ning et al., "A spectral clustering approach to speaker di
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.linalg import eigh
 
 from .vectors import kmeans, normalise
 
-__all__ = ["spectral_clusters"]
+__all__ = ["BUFFER_AFFINITY", "PrunedAffinity", "RECORDING_AFFINITY", "spectral_clusters"]
 
-_MIN_NEIGHBOURS = 8  # a row of the pruned affinity keeps at least this many neighbours
 _MAX_ESTIMATED_SPEAKERS = 20  # the eigengap search stops here unless max_speakers says otherwise
 
 
-def pruned_affinity(vectors: np.ndarray, keep_fraction: float) -> np.ndarray:
-    """Symmetric pruned cosine affinity: each row keeps the similarities (clipped at 0) of its
-    ``max(8, keep_fraction * n)`` most similar rows and zeroes the rest, then ``(B + B.T) / 2``.
+@dataclass(frozen=True)
+class PrunedAffinity:
+    """How the affinity graph is built: each row keeps its ``max(min_neighbours, keep_fraction * n)``
+    most similar rows (cosine) and zeroes the rest, then ``(B + B.T) / 2``.
 
-    Keeping the similarity values, not 1 for every kept neighbour, lets the weak links that a speaker
-    with few windows has to other voices (its rows must keep 8 neighbours, most of them someone else)
-    weigh less than its strong links among its own windows, so its eigengap survives. On 30 s dev
-    excerpts with three or more speakers: exact counts 32 -> 39 of 51 and DER 8.9 -> 5.7 % against
-    0 / 1 weights with the same pruning.
+    Parameters
+    ----------
+    min_neighbours
+        Neighbours a row keeps at least.
+    weighted
+        Keep the similarities (clipped at 0) of the kept neighbours instead of 1 for each. The weak
+        links that a speaker with few windows has to other voices (its rows must keep ``min_neighbours``,
+        most of them someone else) then weigh less than the strong links among its own windows, so
+        its eigengap survives.
 
-    ``vectors (n, dim)`` L2-normalised -> ``(n, n)`` float64.
+    :data:`BUFFER_AFFINITY` (6, 0 / 1) serves the live buffer, whose re-clusterings the stability
+    rules of :class:`~.clustering.OnlineClusterer` were measured with; :data:`RECORDING_AFFINITY`
+    (8, weighted) serves one clustering of a whole recording. On 30 s dev excerpts with three or
+    more speakers (offline) the latter took exact counts from 32 to 39 of 51 and DER from 8.9 to
+    5.7 % (telephone 11.9 -> 11.5 %, 8 -> 7 of 12). In the live buffer and the offline sequential pass
+    the weighted graph took the 20-minute, 13-speaker file's offline DER from 1.9 % to 3.4-6.2 %
+    depending on ``min_neighbours`` (6-8) and telephone streaming excerpts' DER from 16.4 to 22.6 %
+    (at 8), so they keep 0 / 1.
     """
-    n = len(vectors)
-    keep = int(np.clip(max(_MIN_NEIGHBOURS, round(keep_fraction * n)), 1, n - 1))
-    similarity = np.asarray(vectors, np.float64) @ np.asarray(vectors, np.float64).T
-    ranking = similarity.copy()
-    np.fill_diagonal(ranking, np.inf)  # every row keeps itself
-    top = np.argpartition(-ranking, kth=keep, axis=1)[:, : keep + 1]
-    pruned = np.zeros((n, n))
-    np.put_along_axis(pruned, top, np.clip(np.take_along_axis(similarity, top, axis=1), 0.0, 1.0), axis=1)
-    return (pruned + pruned.T) / 2.0
+
+    min_neighbours: int = 6
+    weighted: bool = False
+
+    def __call__(self, vectors: np.ndarray, keep_fraction: float) -> np.ndarray:
+        """``vectors (n, dim)`` L2-normalised -> symmetric ``(n, n)`` float64 affinity."""
+        n = len(vectors)
+        keep = int(np.clip(max(self.min_neighbours, round(keep_fraction * n)), 1, n - 1))
+        similarity = np.asarray(vectors, np.float64) @ np.asarray(vectors, np.float64).T
+        ranking = similarity.copy()
+        np.fill_diagonal(ranking, np.inf)  # every row keeps itself
+        top = np.argpartition(-ranking, kth=keep, axis=1)[:, : keep + 1]
+        kept = np.clip(np.take_along_axis(similarity, top, axis=1), 0.0, 1.0) if self.weighted else 1.0
+        pruned = np.zeros((n, n))
+        np.put_along_axis(pruned, top, kept, axis=1)
+        return (pruned + pruned.T) / 2.0
+
+
+BUFFER_AFFINITY = PrunedAffinity()
+RECORDING_AFFINITY = PrunedAffinity(min_neighbours=8, weighted=True)
 
 
 def spectral_clusters(vectors: np.ndarray, min_speakers: int = 1, max_speakers: int | None = None,
                       weights: np.ndarray | None = None, keep_fraction: float = 0.012,
-                      seed: int = 0) -> np.ndarray:
+                      seed: int = 0, affinity: PrunedAffinity = BUFFER_AFFINITY) -> np.ndarray:
     """Cluster L2-normalised embeddings; the count is estimated by the eigengap unless fixed.
 
     Parameters
@@ -60,8 +84,10 @@ def spectral_clusters(vectors: np.ndarray, min_speakers: int = 1, max_speakers: 
         Optional ``(n,)`` positive weights (e.g. how many windows a micro-cluster stands for), used
         by the k-means on the spectral embedding.
     keep_fraction
-        Fraction of neighbours each row of the affinity keeps (at least 8). Around 1 % suits
-        0.75 s embedding steps: a speaker's own windows then fill each row.
+        Fraction of neighbours each row of the affinity keeps (at least ``affinity.min_neighbours``).
+        Around 1 % suits 0.75 s embedding steps: a speaker's own windows then fill each row.
+    affinity
+        How the graph is pruned and weighted (:class:`PrunedAffinity`).
 
     Returns
     -------
@@ -81,8 +107,8 @@ def spectral_clusters(vectors: np.ndarray, min_speakers: int = 1, max_speakers: 
     lower = min(max(min_speakers, 1), upper)
     if n <= 2 or upper <= 1:
         return np.zeros(n, np.int64)
-    affinity = pruned_affinity(vectors, keep_fraction)
-    laplacian = np.diag(affinity.sum(axis=1)) - affinity
+    graph = affinity(vectors, keep_fraction)
+    laplacian = np.diag(graph.sum(axis=1)) - graph
     values, embedding = eigh(laplacian, subset_by_index=[0, min(upper, n - 1)])  # ascending
     gaps = np.diff(values)  # gaps[i]: between the (i+1)-th and (i+2)-th smallest eigenvalues
     count = int(np.argmax(gaps[lower - 1: upper])) + lower

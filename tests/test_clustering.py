@@ -150,18 +150,20 @@ def test_global_clusterer_finds_a_voice_heard_for_three_windows_in_a_short_recor
     assert fewer.num_speakers == 2  # the knob decides: 4 windows needed folds the third voice away
 
 
-def test_pruned_affinity_keeps_the_neighbours_similarities() -> None:
-    from diarflow.operators.speaker_clustering import pruned_affinity
+def test_the_whole_recording_affinity_keeps_the_neighbours_similarities() -> None:
+    from diarflow.operators.speaker_clustering import BUFFER_AFFINITY, RECORDING_AFFINITY
 
     vectors, _ = _voices(np.random.default_rng(3), 3, 20, 0.0)
-    affinity = pruned_affinity(vectors, keep_fraction=0.0)  # 8 neighbours per row, and itself
-    similarity = vectors.astype(np.float64) @ vectors.T.astype(np.float64)
-    assert np.allclose(affinity, affinity.T)
-    kept = affinity > 0
-    assert (kept.sum(axis=1) >= 9).all() and (kept.sum(axis=1) < 60).all()
-    s = np.clip(similarity, 0.0, 1.0)
-    halves_or_wholes = np.isclose(affinity, s / 2) | np.isclose(affinity, s)
-    assert halves_or_wholes[kept].all()  # kept by one of the two rows (half) or both (whole): no 0/1 weights
+    similarity = np.clip(vectors.astype(np.float64) @ vectors.T.astype(np.float64), 0.0, 1.0)
+    weighted = RECORDING_AFFINITY(vectors, keep_fraction=0.0)  # 8 neighbours per row, and itself
+    binary = BUFFER_AFFINITY(vectors, keep_fraction=0.0)  # 6 neighbours per row, and itself
+    for graph, least in ((weighted, 9), (binary, 7)):
+        assert np.allclose(graph, graph.T)
+        assert ((graph > 0).sum(axis=1) >= least).all() and ((graph > 0).sum(axis=1) < 60).all()
+    kept = weighted > 0
+    halves_or_wholes = np.isclose(weighted, similarity / 2) | np.isclose(weighted, similarity)
+    assert halves_or_wholes[kept].all()  # kept by one of the two rows (half) or both (whole)
+    assert set(np.unique(binary)) <= {0.0, 0.5, 1.0}
 
 
 @pytest.mark.parametrize("voices, asked", [(5, 2), (3, 6)])
