@@ -11,8 +11,8 @@ from .clustering import ClustererState, OnlineClustererConfig, SpeakerTurns
 from .confidence import frame_confidence, turn_posteriors, window_posteriors
 from .constants import EMBEDDING_DIM, VAD_WINDOW_SAMPLES
 from .global_clustering import cluster_embeddings, refine_clusters
-from .speaker_clustering import RECORDING_AFFINITY
 from .messages import UtteranceEmbeddings, VadProbabilities
+from .speaker_clustering import RECORDING_AFFINITY
 from .speaker_count import SpeakerCount
 from .turns import speakers_at, windows_to_turns
 from .vectors import label_sums, unit

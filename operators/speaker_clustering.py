@@ -52,6 +52,10 @@ class PrunedAffinity:
     min_neighbours: int = 6
     weighted: bool = False
 
+    def __post_init__(self) -> None:
+        if self.min_neighbours < 1:
+            raise ValueError(f"min_neighbours must be >= 1, got {self.min_neighbours}")
+
     def __call__(self, vectors: np.ndarray, keep_fraction: float) -> np.ndarray:
         """``vectors (n, dim)`` L2-normalised -> symmetric ``(n, n)`` float64 affinity."""
         n = len(vectors)
