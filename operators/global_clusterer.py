@@ -12,7 +12,6 @@ from .confidence import frame_confidence, turn_posteriors, window_posteriors
 from .constants import EMBEDDING_DIM, VAD_WINDOW_SAMPLES
 from .global_clustering import cluster_embeddings, refine_clusters
 from .messages import UtteranceEmbeddings, VadProbabilities
-from .speaker_clustering import RECORDING_AFFINITY
 from .speaker_count import SpeakerCount
 from .turns import speakers_at, windows_to_turns
 from .vectors import label_sums, unit
@@ -37,9 +36,8 @@ class GlobalClustererConfig:
     :func:`~.global_clustering.refine_clusters` moves every window to its nearest speaker centroid of
     the whole recording and merges speakers by ``merge_similarity``. When the pass's count breaks the
     ``num_speakers`` / ``min_speakers`` / ``max_speakers`` constraints, one spectral clustering of all
-    windows with those bounds is used instead (:func:`~.global_clustering.cluster_embeddings` on the
-    similarity-weighted graph :data:`~.speaker_clustering.RECORDING_AFFINITY`; a fixed count is
-    honoured exactly), as it is when all the speech fits in one buffer. The standard
+    windows with those bounds is used instead (:func:`~.global_clustering.cluster_embeddings`; a
+    fixed count is honoured exactly), as it is when all the speech fits in one buffer. The standard
     graph derives this config from the live one with :meth:`like`, so a knob set once applies to both
     modes.
 
@@ -48,14 +46,7 @@ class GlobalClustererConfig:
     num_speakers, min_speakers, max_speakers
         Speaker-count constraints (``num_speakers`` exact; it excludes the other two).
     merge_similarity, prune_fraction, min_cluster_windows
-        As in :class:`~diarflow.operators.clustering.OnlineClustererConfig` (``min_cluster_windows``
-        holds for the sequential pass).
-    min_speaker_windows
-        When the whole recording settles, speakers with fewer windows are folded into their nearest
-        one (3: ~2.25 s of speech at the 0.75 s window step). Smaller than the live
-        ``min_cluster_windows`` (5), which is also there to keep a new voice's first utterances from
-        splitting off too soon; with the whole recording known there is no later to wait for. On 30 s
-        dev excerpts with three or more speakers, 5 here lost every speaker with under ~4 s of speech.
+        As in :class:`~diarflow.operators.clustering.OnlineClustererConfig`.
     """
 
     num_speakers: int | None = None
@@ -64,7 +55,6 @@ class GlobalClustererConfig:
     merge_similarity: float = _ONLINE.merge_similarity
     prune_fraction: float = _ONLINE.prune_fraction
     min_cluster_windows: int = _ONLINE.min_cluster_windows
-    min_speaker_windows: int = 3
 
     input_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings, VadProbabilities)
     output_types: ClassVar[tuple[type, ...]] = (SpeakerTurns,)
@@ -74,8 +64,6 @@ class GlobalClustererConfig:
         OnlineClustererConfig(num_speakers=self.num_speakers, min_speakers=self.min_speakers,
                               max_speakers=self.max_speakers, merge_similarity=self.merge_similarity,
                               prune_fraction=self.prune_fraction, min_cluster_windows=self.min_cluster_windows)
-        if self.min_speaker_windows < 1:
-            raise ValueError(f"min_speaker_windows must be >= 1, got {self.min_speaker_windows}")
 
     @classmethod
     def like(cls, online: OnlineClustererConfig) -> GlobalClustererConfig:
@@ -192,12 +180,12 @@ class GlobalClusterer:
         if spans[-1, 1] - spans[0, 0] > cfg.sequential.retention_samples:  # longer than one buffer
             first = speakers_at(self._sequential.turns(), spans.sum(axis=1) // 2)
             _, first = np.unique(first, return_inverse=True)
-            labels = refine_clusters(vectors, first, floor, cfg.merge_similarity, cfg.min_speaker_windows)
+            labels = refine_clusters(vectors, first, floor, cfg.merge_similarity, cfg.min_cluster_windows)
             found = int(labels.max()) + 1
             if floor <= found and (cap is None or found <= cap):
                 return labels
         return cluster_embeddings(vectors, floor, cap, cfg.merge_similarity, cfg.prune_fraction,
-                                  min_cluster_size=cfg.min_speaker_windows, affinity=RECORDING_AFFINITY)
+                                  min_cluster_size=cfg.min_cluster_windows)
 
     def checkpoint(self) -> GlobalClustererState:
         return GlobalClustererState(self._spans.view().copy(), self._vectors.view().copy(),

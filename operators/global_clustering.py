@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .merge_similarity import DEFAULT_MERGE_SIMILARITY
-from .speaker_clustering import BUFFER_AFFINITY, PrunedAffinity, spectral_clusters
+from .speaker_clustering import spectral_clusters
 from .vectors import BLOCK_ROWS as _BLOCK_ROWS, kmeans as _kmeans, label_sums, normalise as _normalise
 
 __all__ = ["cluster_embeddings", "refine_clusters"]
@@ -20,7 +20,6 @@ def cluster_embeddings(
     num_micro_clusters: int = 600,
     min_cluster_size: int = 3,
     weights: np.ndarray | None = None,
-    affinity: PrunedAffinity = BUFFER_AFFINITY,
 ) -> np.ndarray:
     """Cluster L2-normalised embeddings into speakers; the count is estimated per recording unless fixed.
 
@@ -44,15 +43,11 @@ def cluster_embeddings(
         Cosine similarity in (-1, 1] of two speaker centroids above which they are one speaker
         (lower merges more: the clustering's sensitivity knob).
     prune_fraction
-        Fraction of nearest neighbours each row of the affinity graph keeps (at least
-        ``affinity.min_neighbours``).
+        Fraction of nearest neighbours each row of the affinity graph keeps (at least 6).
     weights
         Optional ``(n,)`` positive row weights: how many windows a row stands for (the live clusterer
         passes summaries of speakers that left its buffer as weighted rows). Sizes and centroids are
         weighted; the affinity graph is not.
-    affinity
-        How the graph is pruned and weighted (:class:`~.speaker_clustering.PrunedAffinity`): the live
-        buffer's by default; the offline clusterer passes ``RECORDING_AFFINITY``.
 
     Returns
     -------
@@ -79,7 +74,7 @@ def cluster_embeddings(
         point_weights = np.bincount(members, weights=row_weights, minlength=len(points)).astype(np.float64)
     upper = None if max_speakers is None else min(max_speakers, len(points))
     point_labels = spectral_clusters(points, min(min_speakers, len(points)), upper, weights=point_weights,
-                                     keep_fraction=prune_fraction, affinity=affinity)
+                                     keep_fraction=prune_fraction)
     return refine_clusters(vectors, point_labels[members], min_speakers, merge_similarity, min_cluster_size,
                            row_weights)
 
