@@ -14,7 +14,7 @@ from .global_clustering import cluster_embeddings, refine_clusters
 from .messages import UtteranceEmbeddings, VadProbabilities
 from .speaker_count import SpeakerCount
 from .turns import speakers_at, windows_to_turns
-from .vectors import label_sums, unit
+from .vectors import label_sums, normalise
 
 __all__ = ["GlobalClusterer", "GlobalClustererConfig", "GlobalClustererState"]
 
@@ -160,8 +160,7 @@ class GlobalClusterer:
         if cfg.num_speakers is not None and found != cfg.num_speakers:
             warnings = (f"asked for {cfg.num_speakers} speakers but the audio only supports {found}",)
         posteriors = window_posteriors(vectors, labels)  # (n, speakers)
-        sums = label_sums(labels, vectors, found)
-        centroids = np.stack([unit(sums[k]) for k in range(found)])  # (speakers, 192)
+        centroids = normalise(label_sums(labels, vectors, found)).astype(np.float32)  # (speakers, 192)
         turns = turn_posteriors(windows_to_turns(spans, labels, utterance_ids, vectors, centroids), spans,
                                 posteriors)
         vad = self._vad.view()

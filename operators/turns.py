@@ -36,6 +36,8 @@ def windows_to_turns(spans: np.ndarray, labels: np.ndarray, utterance_ids: np.nd
     centroids
         Optional ``(speakers, dim)`` unit speaker centroids, indexed by label.
     """
+    if (vectors is None) != (centroids is None):
+        raise ValueError("windows_to_turns places changes from embeddings only with both vectors and centroids")
     turns: list[SpeakerTurn] = []
     n = len(spans)
     i = 0
@@ -46,7 +48,7 @@ def windows_to_turns(spans: np.ndarray, labels: np.ndarray, utterance_ids: np.nd
         u_start, u_end = int(spans[i:j + 1, 0].min()), int(spans[i:j + 1, 1].max())
         centres = spans[i:j + 1].sum(axis=1) // 2
         cuts = [u_start, *((centres[:-1] + centres[1:]) // 2).tolist(), u_end]
-        if vectors is not None and centroids is not None:
+        if vectors is not None and centroids is not None:  # both or neither (checked above)
             for k in np.flatnonzero(labels[i:j] != labels[i + 1:j + 1]).tolist():
                 cuts[k + 1] = _change_sample(spans[i + k:i + k + 2], vectors[i + k:i + k + 2],
                                              centroids[labels[i + k]], centroids[labels[i + k + 1]])

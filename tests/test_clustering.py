@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from diarflow.operators.clustering import OnlineClustererConfig
-from diarflow.operators.turns import windows_to_turns
 from diarflow.operators.global_clusterer import GlobalClustererConfig
-from diarflow.operators.vectors import label_sums
 from diarflow.operators.messages import SpeakerEmbedding, SpeechRegion, UtteranceEmbeddings
 from diarflow.operators.snapshots import SnapshotEmitterConfig
+from diarflow.operators.turns import windows_to_turns
+from diarflow.operators.vectors import label_sums
 
 RATE = 16000
 
