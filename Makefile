@@ -56,6 +56,7 @@ bench: setup-test
 	$(BIN)/python -m tools.bench_embeddings
 	$(BIN)/python -m tools.bench_diarization
 	$(BIN)/python -m tools.bench_excerpts
+	$(BIN)/python -m tools.bench_channels
 	$(BIN)/python -m tools.bench_stream_compute
 
 clean:
