@@ -78,6 +78,13 @@ class OnlineClustererConfig:
     min_cluster_windows
         Global clusters with fewer windows are dissolved into their nearest neighbour (spurious
         speakers from noise or overlap), unless that would leave fewer than ``min_speakers``.
+    stable_labels
+        Live: a window already shown under one speaker moves to another (or to a new speaker) only when
+        two re-clusterings in a row propose it. A count that wavers for one re-clustering then no
+        longer relabels reported speech back and forth; a real correction shows one re-clustering
+        later. At end of input the buffer is clustered once more with nothing held back: the final
+        result takes the clusterer's last word. Off for the offline sequential pass, which shows
+        nothing before the end.
     """
 
     retention_samples: int = 120 * SAMPLE_RATE
@@ -89,6 +96,7 @@ class OnlineClustererConfig:
     min_cluster_windows: int = 5
     prototypes_per_speaker: int = 8
     reclustering_samples: int = 5 * SAMPLE_RATE
+    stable_labels: bool = True
 
     input_types: ClassVar[tuple[type, ...]] = (UtteranceEmbeddings,)
     output_types: ClassVar[tuple[type, ...]] = (SpeakerTurns,)
@@ -128,12 +136,15 @@ class ClustererState:
     spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # buffer windows (n, 2)
     vectors: np.ndarray = field(default_factory=lambda: np.zeros((0, EMBEDDING_DIM), np.float32))  # (n, 192)
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
+    # per buffer window, the move the last re-clustering proposed and held back: a speaker id, _NEW_SPEAKER, or -1
+    proposed: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
     utterance_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
     frozen_turns: tuple[SpeakerTurn, ...] = ()
     utterances: int = 0
     end_sample: int = 0
 
 
+_NEW_SPEAKER = -2  # ClustererState.proposed: a move to a speaker that did not exist yet
 _MIN_WINDOWS_TO_ASSIGN = 24  # fewer buffer windows (~18 s of speech): always cluster again (cheap, and the spread is unsure)
 
 
@@ -157,6 +168,7 @@ class OnlineClusterer:
         self._since_reclustering = state.since_reclustering
         self._spans, self._vectors = state.spans, state.vectors
         self._labels, self._utterance_ids = state.labels, state.utterance_ids
+        self._proposed = state.proposed
         self._frozen_turns: list[SpeakerTurn] = list(state.frozen_turns)
         self._utterances, self._end_sample = state.utterances, state.end_sample
 
@@ -179,6 +191,7 @@ class OnlineClusterer:
         self._spans = np.vstack([self._spans, new_spans])
         self._vectors = np.vstack([self._vectors, new_vectors])
         self._utterance_ids = np.concatenate([self._utterance_ids, utterance])
+        self._proposed = np.concatenate([self._proposed, np.full(len(new_vectors), -1)])
         if assigned is None or self._since_reclustering >= cfg.reclustering_samples:
             self._labels = self._relabel(np.concatenate([self._labels, np.full(len(new_vectors), -1)]))
             self._since_reclustering = 0
@@ -200,13 +213,15 @@ class OnlineClusterer:
             return None
         return np.argmax(sims, axis=1).astype(np.int64)
 
-    def _relabel(self, previous: np.ndarray) -> np.ndarray:
+    def _relabel(self, previous: np.ndarray, final: bool = False) -> np.ndarray:
         """Cluster buffer windows and prototypes together; give each cluster a speaker id.
 
         ``previous (n,)`` holds the buffer windows' current ids (-1 for new windows). Returns the new
-        ids ``(n,)``, smoothed inside each utterance.
+        ids ``(n,)``, smoothed inside each utterance; with ``stable_labels``, moves of shown windows
+        are held back as that knob describes, except in the ``final`` re-clustering at end of input.
         """
         cfg = self.config
+        hold_back = cfg.stable_labels and not final
         n = len(self._vectors)
         rows = normalise(np.vstack([self._vectors, self._prototype_sums]).astype(np.float32))
         weights = np.concatenate([np.ones(n), self._prototype_weights])
@@ -224,14 +239,28 @@ class OnlineClusterer:
             if overlap[cluster, speaker] > 0:
                 mapping[cluster] = speaker
         cap = cfg.speakers.cap
+        known = self._speakers
         for cluster in np.flatnonzero(mapping < 0):  # clusters no existing speaker holds: new speakers
-            if cap is not None and self._speakers >= cap:  # unless the count is capped: the closest one
-                sums = label_sums(owners[held], rows[held], self._speakers, weights[held])
+            if cap is not None and known >= cap:  # unless the count is capped: the closest one
+                sums = label_sums(owners[held], rows[held], known, weights[held])
                 mapping[cluster] = int(np.argmax(normalise(sums) @ rows[clusters == cluster].sum(axis=0)))
                 continue
-            mapping[cluster] = self._speakers
-            self._speakers += 1
-        labels = self._keep_established(previous, mapping[clusters[:n]], rows, weights)
+            mapping[cluster] = known
+            known += 1
+        labels = mapping[clusters[:n]]
+        if hold_back:
+            labels = self._confirmed(previous, labels)
+        fresh = labels >= self._speakers
+        used = np.unique(labels[fresh])  # new ids still holding windows, given out in order
+        labels[fresh] = self._speakers + np.searchsorted(used, labels[fresh])
+        if hold_back:  # a held-back move to a cluster that became a speaker now waits for that id
+            waiting = self._proposed >= self._speakers
+            found = np.searchsorted(used, self._proposed[waiting])
+            created = found < len(used)
+            created[created] = used[found[created]] == self._proposed[waiting][created]
+            self._proposed[waiting] = np.where(created, self._speakers + found, _NEW_SPEAKER)
+        self._speakers += len(used)
+        labels = self._keep_established(previous, labels, rows, weights)
         moved = (previous >= 0) & (labels != previous)
         if moved.any():  # a window already shown keeps its speaker unless the new one's centroid is closer
             ids = np.concatenate([labels, self._prototype_speakers])
@@ -242,6 +271,18 @@ class OnlineClusterer:
             mask = self._utterance_ids == u
             labels[mask] = _smooth(labels[mask])
         return labels
+
+    def _confirmed(self, previous: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Hold back moves of shown windows that the last re-clustering did not also propose.
+
+        ``previous``, ``labels``: buffer windows' ids before / proposed now ``(n,)`` (ids from
+        ``self._speakers`` on are new clusters). Returns the ids ``(n,)`` and records the held-back
+        proposals for the next re-clustering (:meth:`_relabel` maps a new cluster's id once it is given out).
+        """
+        again = np.where(labels >= self._speakers, self._proposed == _NEW_SPEAKER, self._proposed == labels)
+        held_back = (previous >= 0) & (labels != previous) & ~again
+        self._proposed = np.where(held_back, labels, -1)
+        return np.where(held_back, previous, labels)
 
     def _keep_established(self, previous: np.ndarray, labels: np.ndarray, rows: np.ndarray,
                           weights: np.ndarray) -> np.ndarray:
@@ -291,6 +332,7 @@ class OnlineClusterer:
         keep = ~leaving
         self._spans, self._vectors = self._spans[keep], self._vectors[keep]
         self._labels, self._utterance_ids = self._labels[keep], ids[keep]
+        self._proposed = self._proposed[keep]
 
     def _absorb(self, vectors: np.ndarray, labels: np.ndarray) -> None:
         """Add windows ``(k, 192)`` with ids ``(k,)`` to the prototypes; merge the most similar
@@ -345,9 +387,12 @@ class OnlineClusterer:
         return []
 
     def on_eof(self) -> Sequence[SpeakerTurns]:
+        if self.config.stable_labels and len(self._labels):  # the final result: nothing held back any more
+            self._labels = self._relabel(self._labels, final=True)
         return [self._view(final=True)]
 
     def checkpoint(self) -> ClustererState:
         return ClustererState(self._prototype_sums, self._prototype_weights, self._prototype_speakers,
                               self._speakers, self._since_reclustering, self._spans, self._vectors, self._labels,
-                              self._utterance_ids, tuple(self._frozen_turns), self._utterances, self._end_sample)
+                              self._proposed, self._utterance_ids, tuple(self._frozen_turns),
+                              self._utterances, self._end_sample)

@@ -81,7 +81,7 @@ class GlobalClustererConfig:
         """The first, sequential pass: the live clusterer with these knobs and no count constraints
         (they apply to the whole recording, not to each 120 s buffer)."""
         return OnlineClustererConfig(merge_similarity=self.merge_similarity, prune_fraction=self.prune_fraction,
-                                     min_cluster_windows=self.min_cluster_windows)
+                                     min_cluster_windows=self.min_cluster_windows, stable_labels=False)
 
     def build(self, state: GlobalClustererState | None, resources: Any = None) -> GlobalClusterer:
         return GlobalClusterer(self, state or GlobalClustererState())

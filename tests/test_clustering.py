@@ -280,10 +280,75 @@ def test_an_established_voice_survives_a_wavering_count_unless_the_merge_criteri
         return nearer_b if found["count"] == 2 else np.zeros(len(rows), np.int64)
 
     monkeypatch.setattr(clustering, "cluster_embeddings", scripted)
-    clusterer = OnlineClustererConfig(reclustering_samples=0).build(None)
+    clusterer = OnlineClustererConfig(reclustering_samples=0, stable_labels=False).build(None)
     for i in range(4):
         clusterer.on_item(_utterance(8.0 * i, a if i % 2 == 0 else b, windows=4, noise=0.01, seed=i))
     assert set(clusterer.checkpoint().labels.tolist()) == {0, 1}
     found["count"] = 1
     view = clusterer.on_item(_utterance(40.0, a, windows=4, noise=0.01, seed=9))[-1]
     assert ({t.speaker for t in view.live} == {0, 1}) is kept, view.live
+
+
+def _scripted_clusterer(monkeypatch: pytest.MonkeyPatch, script: dict[str, object]):  # type: ignore[no-untyped-def]
+    """An online clusterer whose spectral clustering is scripted: ``script["cluster"](rows)`` gives the
+    cluster of every row (buffer windows then prototypes), so a test decides what each re-clustering
+    proposes and checks what the clusterer shows."""
+    import diarflow.operators.clustering as clustering
+
+    monkeypatch.setattr(clustering, "cluster_embeddings", lambda rows, *a, **k: script["cluster"](rows))
+    return OnlineClustererConfig(reclustering_samples=0).build(None)
+
+
+def test_a_move_proposed_by_one_reclustering_only_is_held_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two voices; one re-clustering wrongly splits voice a's shown windows off as a new speaker, the next
+    one does not: nothing already shown changes. A split proposed twice in a row is shown."""
+    a, b, c = _speakers(3, seed=31)
+    split = {"on": False}
+
+    def cluster(rows: np.ndarray) -> np.ndarray:
+        labels = (rows @ b > rows @ a).astype(np.int64)
+        if split["on"]:
+            labels[(labels == 0) & (rows @ c > 0.0)] = 2  # part of voice a, told apart by noise alone
+        return labels
+
+    script = {"cluster": cluster}
+    clusterer = _scripted_clusterer(monkeypatch, script)
+    for i in range(4):
+        clusterer.on_item(_utterance(8.0 * i, a if i % 2 == 0 else b, windows=6, noise=0.3, seed=i))
+    shown = clusterer.checkpoint().labels.copy()
+    assert set(shown.tolist()) == {0, 1}
+    split["on"] = True
+    clusterer.on_item(_utterance(40.0, b, windows=4, noise=0.01, seed=7))
+    assert np.array_equal(clusterer.checkpoint().labels[: len(shown)], shown)  # proposed once: held back
+    split["on"] = False
+    clusterer.on_item(_utterance(48.0, b, windows=4, noise=0.01, seed=8))
+    assert np.array_equal(clusterer.checkpoint().labels[: len(shown)], shown)
+    split["on"] = True
+    clusterer.on_item(_utterance(56.0, b, windows=4, noise=0.01, seed=9))
+    split["on"] = True
+    clusterer.on_item(_utterance(64.0, b, windows=4, noise=0.01, seed=10))
+    labels = clusterer.checkpoint().labels[: len(shown)]
+    assert 2 in labels.tolist() and set(labels[shown == 1].tolist()) == {1}  # proposed twice: shown
+
+
+
+def test_the_final_result_takes_a_move_held_back_live(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A split proposed by the last live re-clustering only is held back, but the end of input clusters
+    once more with nothing held back: the final result shows it."""
+    a, b, c = _speakers(3, seed=33)
+    split = {"on": False}
+
+    def cluster(rows: np.ndarray) -> np.ndarray:
+        labels = (rows @ b > rows @ a).astype(np.int64)
+        if split["on"]:
+            labels[(labels == 0) & (rows @ c > 0.0)] = 2
+        return labels
+
+    clusterer = _scripted_clusterer(monkeypatch, {"cluster": cluster})
+    for i in range(4):
+        clusterer.on_item(_utterance(8.0 * i, a if i % 2 == 0 else b, windows=6, noise=0.3, seed=i))
+    split["on"] = True
+    live = clusterer.on_item(_utterance(40.0, b, windows=4, noise=0.01, seed=7))[-1]
+    final = clusterer.on_eof()[-1]
+    assert {t.speaker for t in live.turns} == {0, 1}
+    assert {t.speaker for t in final.turns} == {0, 1, 2}

@@ -86,7 +86,8 @@ def stability(items: list[DevItem], resources: Any, settle_s: float | None) -> N
         errors_s += score["missed_s"] + score["false_alarm_s"] + score["confusion_s"]
         total_s += score["total_s"]
         print(f"  {item.uri:<11} {received / SAMPLE_RATE:7.1f} s audio, "
-              f"relabelled {file_relabelled / SAMPLE_RATE:6.1f} s", flush=True)
+              f"relabelled {file_relabelled / SAMPLE_RATE:6.1f} s, DER {100 * score['der']:5.2f} %, "
+              f"{final.num_speakers} speakers", flush=True)
     print(f"streaming DER of the final results (pooled, +-0.25 s collar): {100 * errors_s / total_s:.2f} %")
     hours_audio, hours_speech = audio / SAMPLE_RATE / 3600, speech / SAMPLE_RATE / 3600
     print(f"relabelled: {relabelled / SAMPLE_RATE:.1f} s over {hours_audio * 60:.1f} min of audio "
