@@ -114,16 +114,20 @@ class SpeakerTurn:
 
 @dataclass(frozen=True, eq=False)
 class OverlapRegions:
-    """Spans where at least two people speak at once, decided for all audio before ``until_sample``.
+    """Spans where at least two people speak at once, and spans where nobody does, decided for all audio
+    before ``until_sample``.
 
     ``spans`` is int64 ``(k, 2)`` half-open ``[start, end)`` sample spans in time order, each after the
     previous message's; ``scores`` float32 ``(k,)`` the mean estimated number of extra voices in
-    each span (in (0, 1]), used as the confidence of the turns added there.
+    each span (in (0, 1]), used as the confidence of the turns added there. ``silent_spans`` int64
+    ``(j, 2)``: the same for no speech at all (a silence that crosses a message edge comes as two
+    spans that touch).
     """
 
     spans: np.ndarray
     scores: np.ndarray
     until_sample: int
+    silent_spans: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,9 +1,12 @@
-"""``OverlapDetector``: where two people speak at once, from pyannote segmentation-3.0's speaker count.
+"""``OverlapDetector``: where two people speak at once (and where nobody does), from pyannote
+segmentation-3.0's speaker count.
 
 The model labels each ~17 ms frame of a 10 s chunk with one of 7 powerset classes of up to three
 local speakers (no speech, one of three alone, one of three pairs). Only the *number* of speakers
 is used here: the expected count per frame (class probabilities times class sizes), averaged over
-the chunks that cover the frame. Frames whose count reaches ``min_count`` form overlap regions.
+the chunks that cover the frame. Frames whose count reaches ``min_count`` form overlap regions; frames
+whose count stays below ``max_silent_count`` form silent spans (the overlap assigner trims turn edges
+the VAD left in them).
 *Who* the second voice is comes later, from the speaker clustering (:mod:`.overlap`): this model's
 local speakers are not reliable enough on conversational audio to carry identities (measured: only
 about a third of its (chunk, local speaker) tracks are one person on the dev conversations).
@@ -43,7 +46,8 @@ def expected_count(log_probs: np.ndarray) -> np.ndarray:
 def _frame_start(frame: int | np.ndarray) -> np.ndarray:
     """First sample a global frame stands for: frames tile the time line at their centres, each
     ``_STEP`` samples wide (frame 0 also takes the first half receptive field)."""
-    return np.maximum(np.asarray(frame) * _STEP + (_FIELD - _STEP) // 2, 0)
+    frame = np.asarray(frame)
+    return np.where(frame > 0, frame * _STEP + (_FIELD - _STEP) // 2, 0)
 
 
 @dataclass(frozen=True)
@@ -75,12 +79,15 @@ class OverlapDetectorConfig:
         than one).
     min_region_samples
         Shorter overlap regions are dropped (50 ms).
+    max_silent_count
+        Expected speaker count below which a frame is silent (0.5: more likely nobody than someone).
     """
 
     step_samples: int = _FRAMES * _STEP
     offline_step_samples: int = 295 * _STEP
     min_count: float = 1.5
     min_region_samples: int = 800
+    max_silent_count: float = 0.5
 
     input_types: ClassVar[tuple[type, ...]] = (PcmFrame, SpeechRegion)
     output_types: ClassVar[tuple[type, ...]] = (OverlapRegions,)
@@ -94,6 +101,8 @@ class OverlapDetectorConfig:
             raise ValueError(f"min_count must lie in (1, 2], got {self.min_count}")
         if self.min_region_samples < 0:
             raise ValueError(f"min_region_samples must be >= 0, got {self.min_region_samples}")
+        if not 0.0 <= self.max_silent_count < 1.0:
+            raise ValueError(f"max_silent_count must lie in [0, 1), got {self.max_silent_count}")
 
     def build(self, state: OverlapDetectorState | None, resources: Any) -> OverlapDetector:
         return OverlapDetector(self, resources.segmentation, state or OverlapDetectorState())
@@ -193,11 +202,15 @@ class OverlapDetector:
             self._open_frames += int(b - a)
             if b < cut:  # the region ends inside the decided frames
                 self._close(int(_frame_start(first + b)), spans, scores)
-        return [self._message(spans, scores, int(_frame_start(self._first_frame)))]
+        quiet = np.flatnonzero(np.diff(np.r_[False, count < self.config.max_silent_count, False].astype(np.int8)))
+        silent = _frame_start(first + quiet).reshape(-1, 2)
+        return [self._message(spans, scores, int(_frame_start(self._first_frame)), silent)]
 
     @staticmethod
-    def _message(spans: list[tuple[int, int]], scores: list[float], until: int) -> OverlapRegions:
-        return OverlapRegions(np.array(spans, np.int64).reshape(-1, 2), np.array(scores, np.float32), until)
+    def _message(spans: list[tuple[int, int]], scores: list[float], until: int,
+                 silent: np.ndarray | None = None) -> OverlapRegions:
+        return OverlapRegions(np.array(spans, np.int64).reshape(-1, 2), np.array(scores, np.float32), until,
+                              np.zeros((0, 2), np.int64) if silent is None else silent.astype(np.int64))
 
     def _close(self, end: int, spans: list[tuple[int, int]], scores: list[float]) -> None:
         if end - self._open_start >= self.config.min_region_samples:
@@ -216,10 +229,11 @@ class OverlapDetector:
         decided = self._decide(-(-end // _STEP))
         spans = [(int(a), min(int(b), end)) for r in decided for a, b in r.spans.tolist()]
         scores = [float(x) for r in decided for x in r.scores]
+        silent = np.minimum(np.vstack([np.zeros((0, 2), np.int64), *(r.silent_spans for r in decided)]), end)
         if self._open_start >= 0:
             self._close(end, spans, scores)
         self._sums, self._hits = self._sums[:0], self._hits[:0]
-        return [*out, self._message(spans, scores, end)]
+        return [*out, self._message(spans, scores, end, silent[silent[:, 1] > silent[:, 0]])]
 
     def checkpoint(self) -> OverlapDetectorState:
         return OverlapDetectorState(self._audio.copy(), self._chunk_start, self._sums.copy(), self._hits.copy(),

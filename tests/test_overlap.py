@@ -10,14 +10,15 @@ from hypothesis import given, settings, strategies as st
 from diarflow.operators.clustering import SpeakerTurns
 from diarflow.operators.messages import OverlapRegions, PcmFrame, SpeakerTurn, SpeechRegion
 from diarflow.operators.models import SEGMENTATION_FRAME_STEP_SAMPLES as STEP, SEGMENTATION_FRAMES as FRAMES
-from diarflow.operators.overlap import OverlapAssignerConfig, second_speakers
+from diarflow.operators.overlap import OverlapAssignerConfig, second_speakers, trim_to_speech
 from diarflow.operators.segmentation import OverlapDetectorConfig
 
 RATE = 16000
 
 
 class _ScriptedSegmentation:
-    """A stand-in for segmentation-3.0: two voices wherever the input sample is > 0.5, else one."""
+    """A stand-in for segmentation-3.0: two voices wherever the input sample is > 0.5, nobody where it is
+    < -0.5, else one."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -27,8 +28,10 @@ class _ScriptedSegmentation:
         out = np.full((len(chunks), FRAMES, 7), -20.0, np.float32)
         centres = np.arange(FRAMES) * STEP + 495
         two = chunks[:, centres] > 0.5  # (chunks, frames)
-        out[..., 1] = np.where(two, -20.0, 0.0)
+        silent = chunks[:, centres] < -0.5
+        out[..., 1] = np.where(two | silent, -20.0, 0.0)
         out[..., 4] = np.where(two, 0.0, -20.0)
+        out[..., 0] = np.where(silent, 0.0, -20.0)
         return out
 
 
@@ -37,15 +40,29 @@ class _Resources:
         self.segmentation = _ScriptedSegmentation()
 
 
-def _signal(seconds: float, overlaps_s: list[tuple[float, float]]) -> np.ndarray:
+def _signal(seconds: float, overlaps_s: list[tuple[float, float]],
+            silences_s: list[tuple[float, float]] = ()) -> np.ndarray:  # type: ignore[assignment]
     audio = np.zeros(int(seconds * RATE), np.float32)
     for a, b in overlaps_s:
         audio[int(a * RATE):int(b * RATE)] = 1.0
+    for a, b in silences_s:
+        audio[int(a * RATE):int(b * RATE)] = -1.0
     return audio
 
 
+def _merged(spans: np.ndarray) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for a, b in sorted(spans.tolist()):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
 def _detect(audio: np.ndarray, cuts: list[int], config: OverlapDetectorConfig | None = None,
-            restore_at: int | None = None, closing: frozenset[int] = frozenset()) -> np.ndarray:
+            restore_at: int | None = None, closing: frozenset[int] = frozenset(),
+            silent: bool = False) -> np.ndarray:
     """Feed ``audio`` in frames cut at ``cuts``, a watermark after each frame as the drivers do; an
     utterance closes (a speech region arrives) with the frames whose index is in ``closing``."""
     config = config or OverlapDetectorConfig()
@@ -61,7 +78,7 @@ def _detect(audio: np.ndarray, cuts: list[int], config: OverlapDetectorConfig | 
             messages += detector.on_item(SpeechRegion(max(0, b - RATE), b))
         messages += detector.on_watermark(b)
     messages += detector.on_eof()
-    spans = [m.spans for m in messages]
+    spans = [m.silent_spans if silent else m.spans for m in messages]
     return np.vstack(spans) if spans else np.zeros((0, 2), np.int64)
 
 
@@ -81,6 +98,17 @@ def test_chunking_checkpoints_and_deferred_chunks_do_not_change_the_regions(
     audio = _signal(35.0, [(3.0, 4.5), (9.8, 10.6), (24.0, 31.0), (34.5, 35.0)])
     whole = _detect(audio, cuts=[])
     assert np.array_equal(_detect(audio, cuts=cuts, restore_at=restore, closing=closing), whole)
+    audio = _signal(35.0, [(3.0, 4.5)], [(0.0, 1.0), (9.0, 11.0), (20.0, 20.5), (34.0, 35.0)])
+    quiet = _merged(_detect(audio, cuts=[], silent=True))
+    assert _merged(_detect(audio, cuts=cuts, restore_at=restore, closing=closing, silent=True)) == quiet
+
+
+def test_silent_spans_follow_the_silent_audio_within_one_frame() -> None:
+    truth = [(0.0, 1.0), (9.0, 11.0), (20.0, 20.5)]  # the second crosses a chunk edge
+    found = _merged(_detect(_signal(30.0, [(3.0, 4.5)], truth), cuts=[], silent=True))
+    assert len(found) == len(truth)
+    for (a, b), (start, end) in zip(truth, found):
+        assert abs(start - a * RATE) <= STEP and abs(end - b * RATE) <= STEP
 
 
 def test_the_model_waits_one_step_when_an_utterance_closes() -> None:
@@ -174,3 +202,30 @@ def test_offline_final_view_keeps_speakers_in_order_of_first_appearance() -> Non
     (snapshot,) = SnapshotEmitterConfig().build(None).on_item(final)
     turns = sorted(snapshot.turns, key=lambda t: (t.start_sample, t.overlapping))
     assert [(t.speaker, t.overlapping) for t in turns] == [(0, False), (1, True), (1, False)]
+
+
+def test_turn_edges_move_out_of_silence_by_at_most_the_limit() -> None:
+    silences = np.array([[0, 2 * RATE], [int(9.9 * RATE), 10 * RATE], [10 * RATE, 12 * RATE],  # touching: one
+                         [int(14.5 * RATE), int(14.52 * RATE)]])
+    turns = [_turn(1.9, 10.1, 0), _turn(13, 14.51, 1), _turn(20, 21, 2), _turn(0.5, 0.6, 3)]
+    out = trim_to_speech(turns, silences, int(0.25 * RATE))
+    assert [(t.start_sample, t.end_sample) for t in out] == [
+        (2 * RATE, int(9.9 * RATE)),  # start to the silence's end; end back to where the joined silence begins
+        (13 * RATE, int(14.5 * RATE)),
+        (20 * RATE, 21 * RATE),  # no silence at its edges
+        (int(0.5 * RATE), int(0.6 * RATE))]  # inside a silence: trimmed away it would vanish, so it stays
+    far = trim_to_speech([_turn(1, 8, 0)], np.array([[5 * RATE, 9 * RATE]]), int(0.25 * RATE))
+    assert (far[0].start_sample, far[0].end_sample) == (RATE, int(7.75 * RATE))  # at most the limit
+
+
+def test_assigner_trims_live_and_frozen_turns_at_silences() -> None:
+    assigner = OverlapAssignerConfig(max_trim_samples=int(0.25 * RATE)).build(None)
+    assigner.on_item(OverlapRegions(np.zeros((0, 2), np.int64), np.zeros(0, np.float32), 60 * RATE,
+                                    np.array([[int(9.8 * RATE), 11 * RATE], [int(49.9 * RATE), 51 * RATE]])))
+    (out,) = assigner.on_item(_view([_turn(0, 10, 0)], [_turn(40, 50, 1)]))
+    assert [(t.start_sample, t.end_sample) for t in out.turns] == [(0, int(9.8 * RATE)), (40 * RATE, int(49.9 * RATE))]
+    untrimmed = OverlapAssignerConfig(max_trim_samples=0).build(None)
+    untrimmed.on_item(OverlapRegions(np.zeros((0, 2), np.int64), np.zeros(0, np.float32), 60 * RATE,
+                                     np.array([[int(9.8 * RATE), 11 * RATE]])))
+    (out,) = untrimmed.on_item(_view([_turn(0, 10, 0)], [_turn(40, 50, 1)]))
+    assert [(t.start_sample, t.end_sample) for t in out.turns] == [(0, 10 * RATE), (40 * RATE, 50 * RATE)]
