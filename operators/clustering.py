@@ -168,7 +168,8 @@ class OnlineClusterer:
         self._since_reclustering = state.since_reclustering
         self._spans, self._vectors = state.spans, state.vectors
         self._labels, self._utterance_ids = state.labels, state.utterance_ids
-        self._proposed = state.proposed
+        proposed = getattr(state, "proposed", None)  # None: a checkpoint from before the field existed
+        self._proposed = proposed if proposed is not None else np.full(len(state.labels), -1)
         self._frozen_turns: list[SpeakerTurn] = list(state.frozen_turns)
         self._utterances, self._end_sample = state.utterances, state.end_sample
 
