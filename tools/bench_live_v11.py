@@ -8,10 +8,16 @@
    it atomically (P50 / P99);
 3. resume: a server process with ``--data-dir``; reconnect-to-``ready`` latency (a new connection
    resuming a session whose connection dropped), P50 / P99 over ``--reconnects`` resumes;
-4. live latency with checkpointing on: one session at real-time pace (``--latency-s`` of dev01).
+4. live latency with checkpointing on: one session at real-time pace (``--latency-s`` of dev01);
+5. identification live: in each dev conversation, the two speakers with the most speech who also talk in
+   another dev recording are enrolled with voiceprints made there (``POST /v1/voiceprint``'s recipe: about
+   10 s of their turns alone, diarized as one speaker); the conversation is streamed with ``start.speakers``
+   and the final result scored per 10 ms frame: the share of an enrolled person's speech labelled with
+   their name, and the share of everyone else's speech labelled with an enrolled name.
 
 Targets (issue 13): <= 30 s relabelled per hour, final_until <= 15 s behind the edge (P50), reconnect
-P99 <= 200 ms, checkpoint <= 5 MB after 2 h, write P99 <= 10 ms.
+P99 <= 200 ms, checkpoint <= 5 MB after 2 h, write P99 <= 10 ms, >= 95 % of enrolled speech labelled
+right and <= 2 % of others' speech labelled with an enrolled name.
 
 Run: ``python -m tools.bench_live_v11`` (``--help`` for the knobs).
 """
@@ -30,7 +36,7 @@ import numpy as np
 from tools import exit_without_dev_corpus
 from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.testing import ServerProcess
-from diarflow.testing.evaluation import DevItem, load_dev_items
+from diarflow.testing.evaluation import DevItem, load_dev_items, read_rttm
 
 FRAME_SAMPLES = 3200
 
@@ -95,6 +101,100 @@ def stability(items: list[DevItem], resources: Any, settle_s: float | None) -> N
           f"{relabelled / SAMPLE_RATE / hours_speech:.1f} s per hour of speech (target <= 30)")
     print(f"final_until behind the live edge: P50 {np.percentile(behind_s, 50):.1f} s, "
           f"P90 {np.percentile(behind_s, 90):.1f} s over {len(behind_s)} snapshots (target P50 <= 15 s)")
+
+
+_ENROL_S = 10.0  # seconds of solo speech per voiceprint
+_FRAME_S = 0.01
+_COLLAR_S = 0.25
+
+
+def _solo_turns(item: DevItem) -> dict[str, list[tuple[float, float]]]:
+    """Each reference speaker's stretches where nobody else speaks, in seconds."""
+    turns = read_rttm(item.rttm_path)[item.uri]
+    solo: dict[str, list[tuple[float, float]]] = {}
+    for t in turns:
+        cuts = sorted((max(t.start_s, o.start_s), min(t.end_s, o.end_s)) for o in turns
+                      if o is not t and o.start_s < t.end_s and o.end_s > t.start_s)
+        cursor = t.start_s
+        for a, b in cuts:
+            if a > cursor:
+                solo.setdefault(t.speaker, []).append((cursor, a))
+            cursor = max(cursor, b)
+        if cursor < t.end_s:
+            solo.setdefault(t.speaker, []).append((cursor, t.end_s))
+    return solo
+
+
+def _voiceprint(item: DevItem, spans: list[tuple[float, float]], resources: Any) -> str:
+    from diarflow.api import diarize
+    from diarflow.audio import decode_chunks
+    from diarflow.voiceprints import encode_voiceprint
+
+    audio = np.concatenate(list(decode_chunks(item.audio_path)))
+    pieces, total = [], 0.0
+    for a, b in sorted(spans, key=lambda s: s[0] - s[1]):  # longest first
+        pieces.append(audio[int(a * SAMPLE_RATE):int(b * SAMPLE_RATE)])
+        total += b - a
+        if total >= _ENROL_S:
+            break
+    result = diarize(np.concatenate(pieces)[: int(_ENROL_S * SAMPLE_RATE)], num_speakers=1, resources=resources)
+    return encode_voiceprint(next(iter(result.speaker_embeddings.values())))
+
+
+def identification(items: list[DevItem], resources: Any) -> None:
+    from diarflow.live import KnownSpeaker, LiveOptions, LiveSession
+
+    solo = {item.uri: _solo_turns(item) for item in items}
+    totals = [[0.0] * 4, [0.0] * 4]  # per protocol: named right, enrolled speech, named wrongly, others' speech
+    for item in items:
+        reference = read_rttm(item.rttm_path)[item.uri]
+        talk: dict[str, float] = {}
+        for t in reference:
+            talk[t.speaker] = talk.get(t.speaker, 0.0) + t.end_s - t.start_s
+        elsewhere = {who: other for who in talk for other in items
+                     if other.uri.split("_")[0] != item.uri.split("_")[0] and who in solo[other.uri]
+                     and sum(b - a for a, b in solo[other.uri][who]) >= _ENROL_S}
+        chosen = sorted(elsewhere, key=lambda who: -talk[who])[:2]
+        if len(chosen) < 2:
+            print(f"  {item.uri:<11} skipped: fewer than two of its speakers talk {_ENROL_S:g} s alone elsewhere")
+            continue
+        known = tuple(KnownSpeaker(who, _voiceprint(elsewhere[who], solo[elsewhere[who].uri][who], resources))
+                      for who in chosen)
+        session = LiveSession(LiveOptions(speakers=known), resources)
+        for frame in _frames(item):
+            session.push(frame)
+        final = session.close()[-1]
+        names = {k: label for k, (label, _) in session.names(final).items()}
+        frames = int(item.duration_s / _FRAME_S) + 1
+        said: dict[str, np.ndarray] = {}
+        for t in reference:
+            said.setdefault(t.speaker, np.zeros(frames, bool))[int(t.start_s / _FRAME_S):int(t.end_s / _FRAME_S)] = True
+        shown: dict[str, np.ndarray] = {who: np.zeros(frames, bool) for who in chosen}
+        for t in final.turns:
+            if t.speaker in names:
+                shown[names[t.speaker]][t.start_sample * 100 // SAMPLE_RATE: t.end_sample * 100 // SAMPLE_RATE] = True
+        any_name = np.logical_or.reduce(list(shown.values()))
+        scored = np.ones(frames, bool)  # the collar: frames within 0.25 s of a reference boundary are not scored
+        for t in reference:
+            for edge in (t.start_s, t.end_s):
+                scored[max(0, int((edge - _COLLAR_S) / _FRAME_S)):int((edge + _COLLAR_S) / _FRAME_S)] = False
+        others = np.logical_or.reduce([v for w, v in said.items() if w not in chosen] or [np.zeros(frames, bool)])
+        others &= ~np.logical_or.reduce([said[w] for w in chosen])  # others alone: an enrolled voice may overlap
+        line = []
+        for k, mask in enumerate((np.ones(frames, bool), scored)):
+            counts = [int(sum(np.count_nonzero(said[w] & shown[w] & mask) for w in chosen)),
+                      int(sum(np.count_nonzero(said[w] & mask) for w in chosen)),
+                      int(np.count_nonzero(others & any_name & mask)), int(np.count_nonzero(others & mask))]
+            totals[k] = [a + b * _FRAME_S for a, b in zip(totals[k], counts)]
+            line.append(f"{100 * counts[0] / max(counts[1], 1):5.1f} % / {100 * counts[2] / max(counts[3], 1):4.1f} %")
+        print(f"  {item.uri:<11} enrolled {', '.join(chosen)}: named right / others named wrongly "
+              f"{line[0]} (no collar), {line[1]} (+-0.25 s)", flush=True)
+    for k, protocol in enumerate(("no collar", "+-0.25 s collar")):
+        right, enrolled_s, wrong, others_s = totals[k]
+        print(f"identification live ({protocol}), 2 enrolled speakers per conversation: "
+              f"{100 * right / enrolled_s:.1f} % of {enrolled_s:.0f} s of their speech named right (target >= 95 %); "
+              f"others' speech named with an enrolled name: {100 * wrong / max(others_s, 1e-9):.1f} % of "
+              f"{others_s:.0f} s (target <= 2 %)")
 
 
 def checkpoints(items: list[DevItem], resources: Any, hours: float) -> None:
@@ -184,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="settle the output this far behind the edge (SnapshotEmitterConfig.settle_samples)")
     parser.add_argument("--reconnects", type=int, default=50, help="resumes to time (default 50)")
     parser.add_argument("--latency-s", type=float, default=60.0, help="real-time audio for the latency phase")
-    parser.add_argument("--skip", action="append", default=[], choices=["stability", "checkpoints", "server"])
+    parser.add_argument("--skip", action="append", default=[], choices=["stability", "checkpoints", "server", "identification"])
     args = parser.parse_args(argv)
     exit_without_dev_corpus("bench_live_v11")
     from threadpoolctl import threadpool_limits
@@ -198,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             stability(items, resources, args.settle_s)
         if "checkpoints" not in args.skip:
             checkpoints([i for i in items if i.variant == "clean"], resources, args.hours)
+        if "identification" not in args.skip:
+            identification(items, resources)
     if "server" not in args.skip:
         server_phases(items, args.reconnects, args.latency_s)
     return 0
