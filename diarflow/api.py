@@ -22,7 +22,7 @@ from diarflow.operators.pipeline import PipelineConfig, build_graph
 from diarflow.operators.speaker_count import SpeakerCount
 from diarflow.resources import load_resources
 
-__all__ = ["DiarizationResult", "Segment", "diarize", "default_resources", "STREAM_CHUNK_SAMPLES"]
+__all__ = ["DiarizationResult", "Segment", "diarize", "default_resources", "voiceprint", "STREAM_CHUNK_SAMPLES"]
 
 STREAM_CHUNK_SAMPLES = 3200  # 200 ms: the live endpoint's recommended frame
 _OFFLINE_CHUNK_SAMPLES = 60 * SAMPLE_RATE  # large chunks: model calls batch, utterances spread over threads
@@ -287,3 +287,21 @@ def diarize(
                 final = message
     assert final is not None and final.final, "the graph emitted no final snapshot"
     return DiarizationResult.from_snapshot(final, uri, total)
+
+
+def voiceprint(source: str | Path | np.ndarray, *, resources: Resources | None = None,
+               on_progress: Callable[[float], None] | None = None) -> str:
+    """The voiceprint of one person's recording, as ``POST /v1/voiceprint`` makes it: the recording
+    diarized as one speaker, that speaker's mean CAM++ embedding as a ``dfv1:`` string.
+
+    Raises
+    ------
+    ValueError
+        The recording has no speech.
+    """
+    from diarflow.voiceprints import encode_voiceprint
+
+    result = diarize(source, num_speakers=1, resources=resources, on_progress=on_progress)
+    if not result.speaker_embeddings:
+        raise ValueError("No speech found in the voiceprint audio")
+    return encode_voiceprint(next(iter(result.speaker_embeddings.values())))

@@ -251,15 +251,14 @@ class OnlineClusterer:
         labels = mapping[clusters[:n]]
         if hold_back:
             labels = self._confirmed(previous, labels)
-        fresh = labels >= self._speakers
-        used = np.unique(labels[fresh])  # new ids still holding windows, given out in order
-        labels[fresh] = self._speakers + np.searchsorted(used, labels[fresh])
-        if hold_back:  # a held-back move to a cluster that became a speaker now waits for that id
-            waiting = self._proposed >= self._speakers
-            found = np.searchsorted(used, self._proposed[waiting])
-            created = found < len(used)
-            created[created] = used[found[created]] == self._proposed[waiting][created]
-            self._proposed[waiting] = np.where(created, self._speakers + found, _NEW_SPEAKER)
+        # ids go only to new clusters still holding windows, in order; a held-back move to a cluster that
+        # became a speaker now waits for that id, one to a cluster that did not for any new speaker
+        used = np.unique(labels[labels >= self._speakers])
+        given = np.concatenate([np.arange(self._speakers), np.full(known - self._speakers, _NEW_SPEAKER)])
+        given[used] = self._speakers + np.arange(len(used))
+        labels = given[labels]
+        proposed = self._proposed >= 0
+        self._proposed[proposed] = given[self._proposed[proposed]]
         self._speakers += len(used)
         labels = self._keep_established(previous, labels, rows, weights)
         moved = (previous >= 0) & (labels != previous)

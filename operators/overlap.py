@@ -25,7 +25,8 @@ import numpy as np
 from .clustering import SpeakerTurns
 from .messages import OverlapRegions, SpeakerTurn
 
-__all__ = ["OverlapAssigner", "OverlapAssignerConfig", "OverlapAssignerState", "second_speakers", "trim_to_speech"]
+__all__ = ["OverlapAssigner", "OverlapAssignerConfig", "OverlapAssignerState", "join_spans", "second_speakers",
+           "trim_to_speech"]
 
 _MIN_TRIMMED_SAMPLES = 800  # a turn trimmed shorter than 50 ms keeps its edges instead (never lose a turn)
 
@@ -33,7 +34,7 @@ _MIN_TRIMMED_SAMPLES = 800  # a turn trimmed shorter than 50 ms keeps its edges 
 def trim_to_speech(turns: Sequence[SpeakerTurn], silences: np.ndarray, max_trim_samples: int) -> list[SpeakerTurn]:
     """``turns`` with each edge that lies inside a silent span moved out of it by at most ``max_trim_samples``.
 
-    ``silences`` is int64 ``(j, 2)``, sorted by start; spans that touch are one silence.
+    ``silences`` is int64 ``(j, 2)``, disjoint spans sorted by start (:func:`join_spans`).
 
     Examples
     --------
@@ -43,9 +44,7 @@ def trim_to_speech(turns: Sequence[SpeakerTurn], silences: np.ndarray, max_trim_
     """
     if not len(silences) or not turns:
         return list(turns)
-    gaps = np.flatnonzero(silences[1:, 0] > silences[:-1, 1]) + 1  # merge spans that touch or overlap
-    starts = silences[np.r_[0, gaps], 0]
-    ends = np.maximum.reduceat(silences[:, 1], np.r_[0, gaps])
+    starts, ends = silences[:, 0], silences[:, 1]
     out = []
     for turn in turns:
         a, b = turn.start_sample, turn.end_sample
@@ -57,6 +56,20 @@ def trim_to_speech(turns: Sequence[SpeakerTurn], silences: np.ndarray, max_trim_
             a = min(int(ends[k]), a + max_trim_samples)
         out.append(replace(turn, start_sample=a, end_sample=b) if b - a >= _MIN_TRIMMED_SAMPLES else turn)
     return out
+
+
+def join_spans(spans: np.ndarray) -> np.ndarray:
+    """Spans ``(j, 2)`` sorted by start, with those that touch or overlap joined into one.
+
+    Examples
+    --------
+    >>> join_spans(np.array([[0, 10], [10, 20], [30, 40]])).tolist()
+    [[0, 20], [30, 40]]
+    """
+    if len(spans) < 2:
+        return spans
+    first = np.r_[0, np.flatnonzero(spans[1:, 0] > np.maximum.accumulate(spans[:-1, 1])) + 1]
+    return np.column_stack([spans[first, 0], np.maximum.reduceat(spans[:, 1], first)])
 
 
 def second_speakers(spans: np.ndarray, scores: np.ndarray, turns: Sequence[SpeakerTurn],
@@ -142,7 +155,7 @@ class OverlapAssignerState:
     frozen_seen: int = 0  # the clustering's frozen turns already copied
     final: SpeakerTurns | None = None  # the clustering's final view, held until end of input
     detected_until: int = 0  # the overlap detector has decided all audio before this sample
-    silences: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # silent spans still needed, (j, 2)
+    silences: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # silent spans still needed, joined (j, 2)
 
 
 class OverlapAssigner:
@@ -163,8 +176,8 @@ class OverlapAssigner:
     def on_item(self, item: SpeakerTurns | OverlapRegions) -> Sequence[SpeakerTurns]:
         if isinstance(item, OverlapRegions):
             self._detected_until = max(self._detected_until, item.until_sample)
-            if len(item.silent_spans):
-                self._silences = np.vstack([self._silences, item.silent_spans])
+            if len(item.silent_spans):  # a silence crossing a message edge arrives in two pieces
+                self._silences = join_spans(np.vstack([self._silences, item.silent_spans]))
             if len(item.spans):
                 self._spans = np.vstack([self._spans, item.spans])
                 self._scores = np.concatenate([self._scores, item.scores])

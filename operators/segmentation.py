@@ -207,10 +207,9 @@ class OverlapDetector:
         return [self._message(spans, scores, int(_frame_start(self._first_frame)), silent)]
 
     @staticmethod
-    def _message(spans: list[tuple[int, int]], scores: list[float], until: int,
-                 silent: np.ndarray | None = None) -> OverlapRegions:
+    def _message(spans: list[tuple[int, int]], scores: list[float], until: int, silent: np.ndarray) -> OverlapRegions:
         return OverlapRegions(np.array(spans, np.int64).reshape(-1, 2), np.array(scores, np.float32), until,
-                              np.zeros((0, 2), np.int64) if silent is None else silent.astype(np.int64))
+                              silent.astype(np.int64))
 
     def _close(self, end: int, spans: list[tuple[int, int]], scores: list[float]) -> None:
         if end - self._open_start >= self.config.min_region_samples:

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from diarflow.operators.clustering import SpeakerTurns
 from diarflow.operators.messages import OverlapRegions, PcmFrame, SpeakerTurn, SpeechRegion
 from diarflow.operators.models import SEGMENTATION_FRAME_STEP_SAMPLES as STEP, SEGMENTATION_FRAMES as FRAMES
-from diarflow.operators.overlap import OverlapAssignerConfig, second_speakers, trim_to_speech
+from diarflow.operators.overlap import OverlapAssignerConfig, join_spans, second_speakers, trim_to_speech
 from diarflow.operators.segmentation import OverlapDetectorConfig
 
 RATE = 16000
@@ -51,13 +51,7 @@ def _signal(seconds: float, overlaps_s: list[tuple[float, float]],
 
 
 def _merged(spans: np.ndarray) -> list[tuple[int, int]]:
-    out: list[list[int]] = []
-    for a, b in sorted(spans.tolist()):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
+    return [(a, b) for a, b in join_spans(spans[np.argsort(spans[:, 0], kind="stable")]).tolist()]
 
 
 def _detect(audio: np.ndarray, cuts: list[int], config: OverlapDetectorConfig | None = None,
@@ -208,7 +202,7 @@ def test_turn_edges_move_out_of_silence_by_at_most_the_limit() -> None:
     silences = np.array([[0, 2 * RATE], [int(9.9 * RATE), 10 * RATE], [10 * RATE, 12 * RATE],  # touching: one
                          [int(14.5 * RATE), int(14.52 * RATE)]])
     turns = [_turn(1.9, 10.1, 0), _turn(13, 14.51, 1), _turn(20, 21, 2), _turn(0.5, 0.6, 3)]
-    out = trim_to_speech(turns, silences, int(0.25 * RATE))
+    out = trim_to_speech(turns, join_spans(silences), int(0.25 * RATE))
     assert [(t.start_sample, t.end_sample) for t in out] == [
         (2 * RATE, int(9.9 * RATE)),  # start to the silence's end; end back to where the joined silence begins
         (13 * RATE, int(14.5 * RATE)),

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from diarflow.api import diarize
+from diarflow.api import voiceprint as make_voiceprint
 from diarflow.audio import decode_chunks
 from diarflow.provisioning import ModelPaths
 from diarflow.operators.models import Resources
@@ -39,8 +39,7 @@ def server(model_paths: ModelPaths) -> Iterator[ServerThread]:
 
 def voiceprint(item: DevItem, start_s: float, end_s: float, resources: Resources) -> str:
     samples = np.concatenate(list(decode_chunks(item.audio_path, 60 * 16000)))
-    result = diarize(samples[int(start_s * 16000):int(end_s * 16000)], num_speakers=1, resources=resources)
-    return encode_voiceprint(next(iter(result.speaker_embeddings.values())))
+    return make_voiceprint(samples[int(start_s * 16000):int(end_s * 16000)], resources=resources)
 
 
 def reference_talk(item: DevItem, start_s: float, end_s: float) -> dict[str, float]:

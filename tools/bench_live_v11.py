@@ -36,7 +36,7 @@ import numpy as np
 from tools import exit_without_dev_corpus
 from diarflow.operators.constants import SAMPLE_RATE
 from diarflow.testing import ServerProcess
-from diarflow.testing.evaluation import DevItem, load_dev_items, read_rttm
+from diarflow.testing.evaluation import DevItem, load_dev_items, read_rttm, single_speaker_regions
 
 FRAME_SAMPLES = 3200
 
@@ -110,25 +110,16 @@ _COLLAR_S = 0.25
 
 def _solo_turns(item: DevItem) -> dict[str, list[tuple[float, float]]]:
     """Each reference speaker's stretches where nobody else speaks, in seconds."""
-    turns = read_rttm(item.rttm_path)[item.uri]
     solo: dict[str, list[tuple[float, float]]] = {}
-    for t in turns:
-        cuts = sorted((max(t.start_s, o.start_s), min(t.end_s, o.end_s)) for o in turns
-                      if o is not t and o.start_s < t.end_s and o.end_s > t.start_s)
-        cursor = t.start_s
-        for a, b in cuts:
-            if a > cursor:
-                solo.setdefault(t.speaker, []).append((cursor, a))
-            cursor = max(cursor, b)
-        if cursor < t.end_s:
-            solo.setdefault(t.speaker, []).append((cursor, t.end_s))
+    for region in single_speaker_regions(read_rttm(item.rttm_path)[item.uri]):
+        solo.setdefault(region.speaker, []).append((region.start_s, region.end_s))
     return solo
 
 
 def _voiceprint(item: DevItem, spans: list[tuple[float, float]], resources: Any) -> str:
-    from diarflow.api import diarize
+    """``POST /v1/voiceprint``'s voiceprint of the longest of ``spans`` of ``item``, up to ``_ENROL_S``."""
+    from diarflow.api import voiceprint
     from diarflow.audio import decode_chunks
-    from diarflow.voiceprints import encode_voiceprint
 
     audio = np.concatenate(list(decode_chunks(item.audio_path)))
     pieces, total = [], 0.0
@@ -137,8 +128,7 @@ def _voiceprint(item: DevItem, spans: list[tuple[float, float]], resources: Any)
         total += b - a
         if total >= _ENROL_S:
             break
-    result = diarize(np.concatenate(pieces)[: int(_ENROL_S * SAMPLE_RATE)], num_speakers=1, resources=resources)
-    return encode_voiceprint(next(iter(result.speaker_embeddings.values())))
+    return voiceprint(np.concatenate(pieces)[: int(_ENROL_S * SAMPLE_RATE)], resources=resources)
 
 
 def identification(items: list[DevItem], resources: Any) -> None:

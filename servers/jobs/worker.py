@@ -249,7 +249,7 @@ def _execute(kind: str, source: JobInput, params: dict[str, Any], max_audio_s: f
 
 def _diarize_input(kind: str, input_path: str, source_name: str, params: dict[str, Any], max_audio_s: float,
                    on_progress: Callable[[float, float | None], None]) -> dict[str, Any] | None:
-    from diarflow.api import diarize
+    from diarflow.api import diarize, voiceprint
     from diarflow.audio import AudioDecodeError
 
     limit_s = max_audio_s if kind != "voiceprint" else min(max_audio_s, float(params.get("maxAudioS", 30.0)))
@@ -261,25 +261,18 @@ def _diarize_input(kind: str, input_path: str, source_name: str, params: dict[st
         on_progress(done_s, total_s)
 
     try:
-        if kind == "voiceprint":
-            result = diarize(input_path, num_speakers=1, resources=_resources, on_progress=reporter)
-        else:
-            result = diarize(input_path, num_speakers=params.get("numSpeakers"),
-                             min_speakers=params.get("minSpeakers"), max_speakers=params.get("maxSpeakers"),
-                             merge_similarity=params.get("mergeSimilarity"), resources=_resources,
-                             on_progress=reporter)
+        if kind == "voiceprint":  # no speech: ValueError, reported as the job's error
+            return {"voiceprint": voiceprint(input_path, resources=_resources, on_progress=reporter)}
+        result = diarize(input_path, num_speakers=params.get("numSpeakers"),
+                         min_speakers=params.get("minSpeakers"), max_speakers=params.get("maxSpeakers"),
+                         merge_similarity=params.get("mergeSimilarity"), resources=_resources,
+                         on_progress=reporter)
     except _Canceled:
         return None
     except AudioDecodeError as exc:
         raise JobFailure("Could not load audio: " + str(exc).replace(input_path, source_name)) from None
     except ValueError as exc:
         raise JobFailure(str(exc)) from None
-    if kind == "voiceprint":
-        from diarflow.voiceprints import encode_voiceprint
-
-        if not result.speaker_embeddings:
-            raise JobFailure("No speech found in the voiceprint audio")
-        return {"voiceprint": encode_voiceprint(next(iter(result.speaker_embeddings.values())))}
     if params.get("confidence"):
         result = _whole_file_confidence(result)
     output = result.to_json(confidence=bool(params.get("confidence")),
