@@ -10,7 +10,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .constants import EMBEDDING_DIM, SAMPLE_RATE
 from .confidence import turn_confidence, window_posteriors
-from .global_clustering import cluster_embeddings
+from .global_clustering import ATYPICAL_FIT_PERCENTILE, cluster_embeddings, window_fit
 from .vectors import label_sums, normalise
 from .messages import SpeakerTurn, UtteranceEmbeddings
 from .merge_similarity import DEFAULT_MERGE_SIMILARITY, check_merge_similarity
@@ -202,15 +202,16 @@ class OnlineClusterer:
 
     def _assign(self, vectors: np.ndarray) -> np.ndarray | None:
         """The cheap path between re-clusterings: each new window ``(m, 192)`` joins its most similar
-        speaker centroid, unless one of them fits worse than 90 % of the buffer's windows fit their own
-        speaker (a possible new voice: then ``None``, and the caller re-clusters). The yardstick is
-        this session's own spread, so it holds on any channel."""
+        speaker centroid, unless one of them fits it worse than the ``ATYPICAL_FIT_PERCENTILE``-th
+        percentile of the buffer windows' fit to their own speaker (a possible new voice: then ``None``,
+        and the caller re-clusters). The yardstick is this session's own spread, so it holds on any
+        channel."""
         if not self._speakers or len(self._labels) < _MIN_WINDOWS_TO_ASSIGN:
             return None
         centroids = self._centroids()  # (speakers, 192)
-        fit = np.sum(normalise(self._vectors) * centroids[self._labels], axis=1)  # buffer windows, own speaker
+        fit = window_fit(normalise(self._vectors), self._labels, centroids)  # buffer windows, own speaker
         sims = normalise(vectors) @ centroids.T  # (m, speakers)
-        if sims.max(axis=1).min() < np.percentile(fit, 10):
+        if sims.max(axis=1).min() < np.percentile(fit, ATYPICAL_FIT_PERCENTILE):
             return None
         return np.argmax(sims, axis=1).astype(np.int64)
 

@@ -8,7 +8,13 @@ from .merge_similarity import DEFAULT_MERGE_SIMILARITY
 from .speaker_clustering import spectral_clusters
 from .vectors import BLOCK_ROWS as _BLOCK_ROWS, kmeans as _kmeans, label_sums, normalise as _normalise
 
-__all__ = ["cluster_embeddings", "refine_clusters"]
+__all__ = ["ATYPICAL_FIT_PERCENTILE", "cluster_embeddings", "refine_clusters", "window_fit"]
+
+ATYPICAL_FIT_PERCENTILE = 10
+"""A window fits its speaker's centroid atypically badly below this percentile of the recording's own
+window fits: the recording's yardstick, so it holds on any channel (noise lowers every fit, a telephone
+band raises every similarity)."""
+
 
 def cluster_embeddings(
     vectors: np.ndarray,
@@ -81,34 +87,71 @@ def cluster_embeddings(
 
 def refine_clusters(vectors: np.ndarray, labels: np.ndarray, min_speakers: int = 1,
                     merge_similarity: float = DEFAULT_MERGE_SIMILARITY, min_cluster_size: int = 3,
-                    weights: np.ndarray | None = None) -> np.ndarray:
+                    weights: np.ndarray | None = None, fit_percentile: float | None = None) -> np.ndarray:
     """Settle a first clustering against the whole recording: clusters smaller than ``min_cluster_size``
     windows are dissolved, every window moves to its nearest speaker centroid (twice), then speakers
     whose centroids are more similar than ``merge_similarity`` are merged (never below ``min_speakers``).
+
+    With ``fit_percentile`` (the offline pass over a long recording), a speaker is then also merged into
+    a larger one when its windows fit that speaker's centroid, on average, at least as well as this
+    percentile of all the recording's windows fit their own speaker: one voice split in two by a
+    sequential pass in noise or reverberation (its halves' centroids at cosine 0.55-0.79, below any
+    fixed threshold a telephone channel allows) is joined again, while two voices, whose windows fit
+    each other's centroid far worse than their own, stay apart.
 
     ``vectors (n, dim)`` L2-normalised, ``labels (n,)`` in [0, k), optional row ``weights (n,)``;
     returns int64 labels ``(n,)`` numbered 0..k'-1. Memory O(n x k).
     """
     row_weights = np.ones(len(vectors)) if weights is None else np.asarray(weights, np.float64)
     labels = _refine(vectors, np.asarray(labels, np.int64), min_cluster_size, min_speakers, row_weights)
-    return _merge_similar(vectors, labels, merge_similarity, min_speakers, row_weights)
+    return _merge_similar(vectors, labels, merge_similarity, min_speakers, row_weights, fit_percentile)
+
+
+def window_fit(vectors: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Cosine of each unit window ``(n, dim)`` to its own speaker's unit centroid ``centroids[labels]``:
+    float ``(n,)``, computed in blocks (no ``(n, dim)`` temporary)."""
+    fit = np.empty(len(vectors), np.float64)
+    for lo in range(0, len(vectors), _BLOCK_ROWS):
+        block = slice(lo, lo + _BLOCK_ROWS)
+        fit[block] = np.sum(vectors[block] * centroids[labels[block]], axis=1)
+    return fit
 
 
 def _merge_similar(vectors: np.ndarray, labels: np.ndarray, similarity: float, min_speakers: int,
-                   weights: np.ndarray) -> np.ndarray:
-    """Merge the most similar pair of speaker centroids while their cosine exceeds ``similarity``."""
+                   weights: np.ndarray, fit_percentile: float | None = None) -> np.ndarray:
+    """Merge the most similar pair of speaker centroids while their cosine exceeds ``similarity``; with
+    ``fit_percentile``, then the best-fitting pair while it passes :func:`_fitting_pair`'s test."""
     while True:
         count = int(labels.max()) + 1
         if count <= max(min_speakers, 1):
             return labels
-        centroids = _normalise(label_sums(labels, vectors, count, weights))
+        sums = label_sums(labels, vectors, count, weights)
+        centroids = _normalise(sums)
         sims = centroids @ centroids.T
         np.fill_diagonal(sims, -np.inf)
-        a, b = np.unravel_index(int(np.argmax(sims)), sims.shape)
-        if sims[a, b] < similarity:
+        best = np.unravel_index(int(np.argmax(sims)), sims.shape)
+        pair = (int(best[0]), int(best[1])) if sims[best] >= similarity else (
+            None if fit_percentile is None else _fitting_pair(vectors, labels, sums, weights, fit_percentile))
+        if pair is None:
             return labels
+        a, b = pair
         labels = np.where(labels == max(a, b), min(a, b), labels)
         _, labels = np.unique(labels, return_inverse=True)
+
+
+def _fitting_pair(vectors: np.ndarray, labels: np.ndarray, sums: np.ndarray, weights: np.ndarray,
+                  fit_percentile: float) -> tuple[int, int] | None:
+    """The pair ``(larger, smaller)`` whose smaller speaker's windows fit the larger one's centroid best
+    on average, if that fit reaches the ``fit_percentile``-th percentile of every window's fit to its own
+    speaker; else ``None``. ``sums (k, dim)``: weighted window sums per speaker."""
+    sizes = np.bincount(labels, weights=weights, minlength=len(sums))
+    centroids = _normalise(sums)
+    cross = (sums / np.maximum(sizes, 1e-12)[:, None]) @ centroids.T  # [j, i]: mean cosine of j's windows to i
+    np.fill_diagonal(cross, -np.inf)
+    cross[sizes[:, None] > sizes[None, :]] = -np.inf  # a pair is judged by its smaller speaker's windows
+    smaller, larger = np.unravel_index(int(np.argmax(cross)), cross.shape)
+    floor = np.percentile(window_fit(vectors, labels, centroids), fit_percentile)
+    return (int(larger), int(smaller)) if cross[smaller, larger] >= floor else None
 
 
 def _refine(vectors: np.ndarray, labels: np.ndarray, min_cluster_size: int, min_speakers: int,

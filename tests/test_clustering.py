@@ -352,3 +352,47 @@ def test_the_final_result_takes_a_move_held_back_live(monkeypatch: pytest.Monkey
     final = clusterer.on_eof()[-1]
     assert {t.speaker for t in live.turns} == {0, 1}
     assert {t.speaker for t in final.turns} == {0, 1, 2}
+
+
+def _voice(direction: np.ndarray, count: int, noise: np.ndarray | float, rng: np.random.Generator) -> np.ndarray:
+    """``count`` unit windows around ``direction``; ``noise``: one level for all or one per window."""
+    levels = np.broadcast_to(np.asarray(noise, float), (count,))[:, None]
+    rows = direction + levels * rng.standard_normal((count, 192))
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_refinement_joins_a_voice_split_in_noise() -> None:
+    """One noisy voice (window fits 0.5-0.8) whose later turns drifted off (their centroid at cosine 0.78,
+    below ``merge_similarity``) and a second voice: the split halves' windows fit the voice's centroid as
+    well as its own windows typically do, so with ``fit_percentile`` they are one speaker again."""
+    from diarflow.operators.global_clustering import ATYPICAL_FIT_PERCENTILE, refine_clusters
+
+    rng = np.random.default_rng(5)
+    a, drift, b = _speakers(3, seed=9)
+    main = _voice(a, 200, rng.uniform(0.05, 0.12, 200), rng)
+    drifted = _voice(a + 0.8 * drift, 40, 0.05, rng)
+    other = _voice(b, 150, rng.uniform(0.05, 0.12, 150), rng)
+    vectors = np.vstack([main, drifted, other])
+    first = np.repeat([0, 1, 2], [200, 40, 150])
+    centroids = np.stack([v.mean(axis=0) / np.linalg.norm(v.mean(axis=0)) for v in (main, drifted)])
+    assert float(centroids[0] @ centroids[1]) < 0.8  # the fixed criterion cannot join them
+
+    assert len(np.unique(refine_clusters(vectors, first))) == 3
+    joined = refine_clusters(vectors, first, fit_percentile=ATYPICAL_FIT_PERCENTILE)
+    assert len(np.unique(joined)) == 2
+    assert len(np.unique(joined[:240])) == 1 and joined[0] != joined[-1]
+
+
+def test_refinement_keeps_two_close_voices_of_a_clean_channel_apart() -> None:
+    """Two voices at centroid cosine ~0.7 (a telephone band raises every similarity) with consistent
+    windows: each one's windows fit the other's centroid far worse than their own, so they stay apart."""
+    from diarflow.operators.global_clustering import ATYPICAL_FIT_PERCENTILE, refine_clusters
+
+    rng = np.random.default_rng(6)
+    a, d = _speakers(2, seed=11)
+    b = 0.7 * a + np.sqrt(1 - 0.7**2) * (d - (d @ a) * a) / np.linalg.norm(d - (d @ a) * a)
+    vectors = np.vstack([_voice(a, 150, 0.04, rng), _voice(b, 60, 0.04, rng)])
+    first = np.repeat([0, 1], [150, 60])
+    kept = refine_clusters(vectors, first, fit_percentile=ATYPICAL_FIT_PERCENTILE)
+    assert len(np.unique(kept)) == 2
+    assert (kept[:150] == kept[0]).all() and (kept[150:] == kept[-1]).all()
