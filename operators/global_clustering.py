@@ -131,7 +131,8 @@ def _merge_similar(vectors: np.ndarray, labels: np.ndarray, similarity: float, m
         np.fill_diagonal(sims, -np.inf)
         best = np.unravel_index(int(np.argmax(sims)), sims.shape)
         pair = (int(best[0]), int(best[1])) if sims[best] >= similarity else (
-            None if fit_percentile is None else _fitting_pair(vectors, labels, sums, weights, fit_percentile))
+            None if fit_percentile is None else _fitting_pair(vectors, labels, sums, centroids, weights,
+                                                              fit_percentile))
         if pair is None:
             return labels
         a, b = pair
@@ -139,13 +140,13 @@ def _merge_similar(vectors: np.ndarray, labels: np.ndarray, similarity: float, m
         _, labels = np.unique(labels, return_inverse=True)
 
 
-def _fitting_pair(vectors: np.ndarray, labels: np.ndarray, sums: np.ndarray, weights: np.ndarray,
-                  fit_percentile: float) -> tuple[int, int] | None:
+def _fitting_pair(vectors: np.ndarray, labels: np.ndarray, sums: np.ndarray, centroids: np.ndarray,
+                  weights: np.ndarray, fit_percentile: float) -> tuple[int, int] | None:
     """The pair ``(larger, smaller)`` whose smaller speaker's windows fit the larger one's centroid best
     on average, if that fit reaches the ``fit_percentile``-th percentile of every window's fit to its own
-    speaker; else ``None``. ``sums (k, dim)``: weighted window sums per speaker."""
+    speaker; else ``None``. ``sums (k, dim)``: weighted window sums per speaker, ``centroids`` the same
+    rows normalised."""
     sizes = np.bincount(labels, weights=weights, minlength=len(sums))
-    centroids = _normalise(sums)
     cross = (sums / np.maximum(sizes, 1e-12)[:, None]) @ centroids.T  # [j, i]: mean cosine of j's windows to i
     np.fill_diagonal(cross, -np.inf)
     cross[sizes[:, None] > sizes[None, :]] = -np.inf  # a pair is judged by its smaller speaker's windows

@@ -57,10 +57,10 @@ def _pieces(hours: float) -> list[tuple[DevItem, int, int]]:
     target = int(hours * 3600 * SAMPLE_RATE)
     plan: list[tuple[DevItem, int, int]] = []
     written = 0
-    items = load_dev_items()
+    items = [(item, sf.info(item.audio_path).frames) for item in load_dev_items()]
     while written < target:
-        for item in items:
-            taken = min(sf.info(item.audio_path).frames, target - written)
+        for item, frames in items:
+            taken = min(frames, target - written)
             plan.append((item, taken, written))
             written += taken
             if written >= target:
@@ -80,11 +80,14 @@ def make_long_file(path: Path, hours: float) -> Path:
 
 def long_reference(hours: float) -> list[Turn]:
     """The dev references of the long input, shifted to where each file was placed and cut where it was."""
-    turns = []
+    turns: list[Turn] = []
+    references: dict[str, list[Turn]] = {}
     for item, taken, offset in _pieces(hours):
+        if item.uri not in references:
+            references[item.uri] = read_rttm(item.rttm_path)[item.uri]
         end_s, offset_s = taken / SAMPLE_RATE, offset / SAMPLE_RATE
         turns += [Turn(t.start_s + offset_s, min(t.end_s, end_s) + offset_s, t.speaker)
-                  for t in read_rttm(item.rttm_path)[item.uri] if t.start_s < end_s]
+                  for t in references[item.uri] if t.start_s < end_s]
     return turns
 
 
